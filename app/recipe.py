@@ -1,0 +1,290 @@
+"""The recipe schema (frozen dataclasses), loading recipe files, `--set` overrides and static checks.
+
+A recipe is a plain Python file in `recipes/` that assigns dicts to the section names `data`, `model`,
+`loss` and `train` (and optionally `base = "other.py"` to start from another recipe). Every key is
+checked against the schema below before any image is read or model built; all problems are
+reported at once. This module imports nothing heavy, so validating a recipe takes milliseconds.
+"""
+
+import ast
+import dataclasses
+import difflib
+import runpy
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.errors import TrashError
+
+
+@dataclass(frozen=True)
+class Data:
+    annotations: str = ""  # COCO json of the training images
+    images: str = ""  # folder the json's `file_name`s are relative to
+    valid_annotations: str = ""  # optional second json for validation (the competition ships val.json)
+    valid_images: str = ""  # folder for valid_annotations; "" = same as `images`
+    valid_fraction: float = 0.2  # used when valid_annotations is "": seeded share of images held out
+    size: int = 256  # side (px) images are squished to for training and prediction
+    stages: tuple[tuple[int, int], ...] = ()  # progressive resizing ((size, epochs), ...); overrides size/epochs
+    batch_size: int = 8
+    workers: int = 0  # DataLoader worker processes (0 = main process; measured fastest on 2 cores)
+    augment: str = "light"  # augmentation preset name, see app/augment.py
+    mask_cache: str = ""  # folder for rasterized masks; "" = ~/.cache/trash/masks
+
+
+@dataclass(frozen=True)
+class Model:
+    arch: str = "unet"  # fastai DynamicUnet around a timm encoder
+    encoder: str = "resnet18"  # any timm CNN name with feature_info
+    pretrained: bool = False  # timm weights (local cache or hub); fails clearly offline
+    weights: str = ""  # local encoder weights file (.safetensors/.pth); implies pretrained
+    blur: bool = False  # DynamicUnet: blur after pixel shuffle (fewer checkerboard artefacts)
+    self_attention: bool = False  # DynamicUnet: self-attention in the third-to-last decoder block
+    last_cross: bool = True  # DynamicUnet: full-resolution ResBlock over decoder output + input image
+    bottle: bool = False  # DynamicUnet: bottleneck in that last ResBlock
+
+
+@dataclass(frozen=True)
+class Loss:
+    ce: float = 1.0  # weight of cross-entropy in the sum
+    focal: float = 0.0  # weight of focal loss in the sum (0.9 CE + 0.1 focal was the teams' best)
+    focal_gamma: float = 2.0
+    class_weights: tuple[float, ...] = ()  # one per class, background first; () = all 1
+    ignore_index: int = 255  # mask value that contributes no loss (unlabelled / unconfident pixels)
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 10
+    lr: float = 1e-3  # max learning rate of the one-cycle schedule
+    wd: float = 1e-2  # weight decay
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (fp16 on CUDA, bf16 autocast on CPU)
+    effective_batch: int = 0  # gradient accumulation up to this many samples per step; 0 = batch_size
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    loss: Loss = field(default_factory=Loss)
+    train: Train = field(default_factory=Train)
+    name: str = "recipe"  # the recipe file's stem; names the run folder
+    description: str = ""  # the recipe file's docstring, first line
+
+    def stages(self) -> tuple[tuple[int, int], ...]:
+        """(size, epochs) per progressive-resizing stage; one stage when `data.stages` is empty."""
+        return self.data.stages or ((self.data.size, self.train.epochs),)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": Data, "model": Model, "loss": Loss, "train": Train}
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PATH_KEYS = ("data.annotations", "data.images", "data.valid_annotations", "data.valid_images", "model.weights")
+
+
+def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), check_files: bool = True) -> Recipe:
+    """Reads a recipe file, applies `key=value` overrides and validates everything.
+
+    Args:
+        path: The recipe file (plain Python assigning dicts to data/model/loss/train).
+        overrides: `section.key=value` strings; values are Python literals or bare strings.
+        check_files: Also check that the data files named in the recipe exist.
+
+    Raises:
+        TrashError: Listing every problem found, one per line.
+    """
+    path = Path(path)
+    sections, description = _read_sections(path)
+    errors: list[str] = []
+    for item in overrides:
+        _apply_override(sections, item, errors)
+    recipe = _build(sections, errors)
+    if recipe is not None:
+        recipe = dataclasses.replace(recipe, name=path.stem, description=description)
+        errors += check_recipe(recipe, check_files)
+    if errors:
+        raise TrashError("\n".join(f"recipe {path}: {e}" for e in errors))
+    return recipe
+
+
+def _read_sections(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, dict], str]:
+    """Runs the recipe file and returns its sections (merged over its `base`, if any) and docstring."""
+    if not path.is_file():
+        raise TrashError(f"recipe file not found: {path}")
+    if path.resolve() in _seen:
+        raise TrashError(f"recipe {path}: `base` chain loops back to itself")
+    try:
+        ns = runpy.run_path(str(path))
+    except Exception as e:  # a recipe is user code: report its error in one line
+        raise TrashError(f"recipe {path}: cannot be executed: {type(e).__name__}: {e}") from None
+    description = (ns.get("__doc__") or "").strip().splitlines()[0] if ns.get("__doc__") else ""
+    sections: dict[str, dict] = {name: {} for name in SECTIONS}
+    base = ns.get("base")
+    if base is not None:
+        if not isinstance(base, str):
+            raise TrashError(f"recipe {path}: `base` must be a file name string, got {type(base).__name__}")
+        sections, base_description = _read_sections(path.parent / base, (*_seen, path.resolve()))
+        description = description or base_description
+    errors = []
+    for name, value in ns.items():
+        if name.startswith("_") or name == "base" or isinstance(value, type(typing)):
+            continue
+        if name not in SECTIONS:
+            errors.append(f"unknown section {name!r}{_suggest(name, SECTIONS)}; sections: {', '.join(SECTIONS)}")
+        elif not isinstance(value, dict):
+            errors.append(f"section {name!r} must be a dict, got {type(value).__name__}")
+        else:
+            sections[name] = {**sections[name], **value}
+    if errors:
+        raise TrashError("\n".join(f"recipe {path}: {e}" for e in errors))
+    return sections, description
+
+
+def _apply_override(sections: dict[str, dict], item: str, errors: list[str]) -> None:
+    """Applies one `section.key=value` override in place, recording malformed ones in `errors`."""
+    key, sep, raw = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot:
+        errors.append(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        return
+    if section not in SECTIONS:
+        errors.append(f"unknown key {key.strip()!r}{_suggest(section, SECTIONS)}")
+        return
+    sections[section][name] = _parse_literal(raw.strip())
+
+
+def _parse_literal(raw: str) -> object:
+    """`3` → 3, `1e-3` → 0.001, `(1, 2)` → (1, 2), `true` → True; anything else stays a string."""
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _build(sections: dict[str, dict], errors: list[str]) -> Recipe | None:
+    """Turns section dicts into the frozen schema, collecting unknown keys and wrong types."""
+    built = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in sections[section].items():
+            if key not in hints:
+                errors.append(f"unknown key '{section}.{key}'{_suggest(key, hints)}")
+                continue
+            ok, coerced = _coerce(value, hints[key])
+            if ok:
+                values[key] = coerced
+            else:
+                errors.append(f"'{section}.{key}' must be {_type_name(hints[key])}, got {value!r}")
+        built[section] = cls(**values)
+    return None if errors else Recipe(**built)
+
+
+def _coerce(value: object, hint: object) -> tuple[bool, object]:
+    """Checks `value` against a schema type, converting lists to tuples and ints to floats."""
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(hint)
+        item_hints = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_hints) != len(value):
+            return False, value
+        results = [_coerce(v, h) for v, h in zip(value, item_hints)]
+        return all(ok for ok, _ in results), tuple(v for _, v in results)
+    return False, value
+
+
+def _type_name(hint: object) -> str:
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if args[-1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return "(" + ", ".join(_type_name(a) for a in args) + ")"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def check_recipe(recipe: Recipe, check_files: bool = True) -> list[str]:
+    """Static checks on values (ranges, names, files); returns every problem found."""
+    d, t = recipe.data, recipe.train
+    errors = []
+    if check_files:
+        errors += _check_files(recipe)
+    if not d.annotations:
+        errors.append("'data.annotations' is empty: name the COCO json of the training images")
+    if d.size < 32 or d.size % 32:
+        errors.append(f"'data.size' must be a multiple of 32 and at least 32, got {d.size}")
+    for size, epochs in d.stages:
+        if size < 32 or size % 32 or epochs < 1:
+            errors.append(f"'data.stages' entry ({size}, {epochs}): size must be a multiple of 32, epochs >= 1")
+    if d.batch_size < 1:
+        errors.append(f"'data.batch_size' must be >= 1, got {d.batch_size}")
+    if not 0 < d.valid_fraction < 1:
+        errors.append(f"'data.valid_fraction' must be between 0 and 1, got {d.valid_fraction}")
+    from app.augment import PRESETS  # light: albumentations is imported lazily there
+
+    if d.augment not in PRESETS:
+        errors.append(f"'data.augment' is {d.augment!r}{_suggest(d.augment, PRESETS)}; presets: {', '.join(PRESETS)}")
+    if recipe.model.arch != "unet":
+        errors.append(f"'model.arch' is {recipe.model.arch!r}; available: 'unet'")
+    if t.precision not in PRECISIONS:
+        errors.append(f"'train.precision' is {t.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if t.epochs < 1 or t.lr <= 0:
+        errors.append(f"'train.epochs' must be >= 1 and 'train.lr' > 0, got {t.epochs} and {t.lr}")
+    if t.effective_batch and t.effective_batch < d.batch_size:
+        errors.append(f"'train.effective_batch' ({t.effective_batch}) is below 'data.batch_size' ({d.batch_size})")
+    if recipe.loss.ce < 0 or recipe.loss.focal < 0 or recipe.loss.ce + recipe.loss.focal == 0:
+        errors.append("'loss.ce' and 'loss.focal' must be >= 0 and not both 0")
+    return errors
+
+
+def _check_files(recipe: Recipe) -> list[str]:
+    errors = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if value and not Path(value).exists():
+            errors.append(f"'{key}' names a missing file or folder: {value}")
+    return errors
+
+
+def resolve_paths(recipe: Recipe, root: Path | None = None) -> Recipe:
+    """Returns the recipe with every path made absolute (relative to `root`, default the working dir)."""
+    root = Path(root or Path.cwd())
+    sections = {}
+    for section in SECTIONS:
+        values = {}
+        for key in PATH_KEYS:
+            sec, name = key.split(".")
+            value = getattr(getattr(recipe, sec), name)
+            if sec == section and value:
+                values[name] = str((root / value).resolve())
+        sections[section] = dataclasses.replace(getattr(recipe, section), **values)
+    return dataclasses.replace(recipe, **sections)
+
+
+def recipe_from_dict(values: dict) -> Recipe:
+    """Rebuilds a Recipe from `Recipe.to_dict()` output (as stored in a run's resolved.json)."""
+    errors: list[str] = []
+    recipe = _build({s: dict(values.get(s, {})) for s in SECTIONS}, errors)
+    if recipe is None:
+        raise TrashError("; ".join(errors))
+    return dataclasses.replace(recipe, name=values.get("name", "recipe"), description=values.get("description", ""))

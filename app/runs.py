@@ -1,0 +1,83 @@
+"""Run directories: `<out>/<recipe>/<timestamp>/`, each standing alone, plus a `latest` link per recipe."""
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+EXPORT = "export.pkl"
+
+
+def create_run_dir(out: str | Path, recipe_name: str, suffix: str = "") -> Path:
+    """Makes a new, unique run folder and points `<out>/<recipe>/latest` at it."""
+    parent = Path(out).resolve() / recipe_name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + suffix
+    run = parent / stamp
+    n = 1
+    while True:
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:  # two runs in the same second
+            n += 1
+            run = parent / f"{stamp}-{n}"
+    link = parent / "latest"
+    tmp = parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name)
+    os.replace(tmp, link)
+    return run
+
+
+def write_json(path: str | Path, payload: dict) -> Path:
+    """Writes json atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def copy_recipe(recipe_file: str | Path, run: Path) -> None:
+    shutil.copy2(recipe_file, run / "recipe.py")
+
+
+def find_export(model: str | Path) -> Path:
+    """Accepts an export file or a run directory (or a recipe's `latest` link) and returns the export path."""
+    from app.errors import TrashError
+
+    path = Path(model)
+    if path.is_dir():
+        path = path / EXPORT
+    if not path.is_file():
+        raise TrashError(f"no exported model at {model} (expected a run directory with {EXPORT} or the file itself)")
+    return path
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a run depends on, recorded so a run can be reproduced."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = [
+        "torch",
+        "torchvision",
+        "fastai",
+        "timm",
+        "albumentations",
+        "pycocotools",
+        "numpy",
+        "opencv-python-headless",
+    ]
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found

@@ -1,0 +1,15 @@
+"""Tiny demo: Unet + ResNet-18 from scratch on the synthetic demo data, 128 px, about 1.5 min on 2 CPU cores."""
+
+# Paths are relative to the folder `trash` runs in (the repository root for `make demo`).
+data = dict(
+    annotations="data/demo/train.json",
+    valid_annotations="data/demo/val.json",
+    images="data/demo",
+    size=128,
+    batch_size=8,
+    augment="light",
+)
+# last_cross=False drops DynamicUnet's full-resolution ResBlock: 2.2x faster training at 128 px (measured).
+model = dict(encoder="resnet18", pretrained=False, last_cross=False)
+loss = dict(ce=1.0)
+train = dict(epochs=10, lr=3e-3, precision="auto", seed=42)  # auto: bf16 autocast on CPU (2.3x), fp16 on CUDA
