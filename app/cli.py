@@ -97,7 +97,10 @@ def fit(
 @app.command("lr-find", short_help="Plot loss vs learning rate.  e.g. trash lr-find recipes/demo.py")
 @friendly
 def lr_find(
-    recipe: Annotated[Path, typer.Argument(help="Recipe file")], set_: SetOption = None, out: OutOption = Path("runs")
+    recipe: Annotated[Path, typer.Argument(help="Recipe file")],
+    set_: SetOption = None,
+    out: OutOption = Path("runs"),
+    iters: Annotated[int, typer.Option(min=20, help="Mini-batches to try, learning rate rising exponentially")] = 100,
 ):
     """Run fastai's learning-rate finder on RECIPE's data and model; save lr_find.png and the suggestions.
 
@@ -105,7 +108,7 @@ def lr_find(
     """
     from app.train import lr_find as run_lr_find
 
-    run, suggestions = run_lr_find(recipe, set_ or [], out)
+    run, suggestions = run_lr_find(recipe, set_ or [], out, iters)
     for name, value in suggestions.items():
         typer.echo(f"{name:8s} {value:.2e}")
     typer.echo(f"plot     {run / 'lr_find.png'}")

@@ -174,7 +174,7 @@ def _build(sections: dict[str, dict], errors: list[str]) -> Recipe | None:
         values = {}
         for key, value in sections[section].items():
             if key not in hints:
-                errors.append(f"unknown key '{section}.{key}'{_suggest(key, hints)}")
+                errors.append(f"unknown key '{section}.{key}'{_suggest(key, hints, section + '.')}")
                 continue
             ok, coerced = _coerce(value, hints[key])
             if ok:
@@ -217,9 +217,9 @@ def _type_name(hint: object) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+def _suggest(name: str, choices: typing.Iterable[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, list(choices), n=3)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)" if close else ""
 
 
 def check_recipe(recipe: Recipe, check_files: bool = True) -> list[str]:

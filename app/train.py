@@ -82,17 +82,20 @@ def write_metrics(learn, recipe: Recipe, items, run: Path, seconds: float) -> di
     return report
 
 
-def lr_find(recipe_file: str | Path, overrides=(), out: str | Path = "runs") -> tuple[Path, dict]:
-    """Runs fastai's lr_find at the first stage's size; saves lr_find.png and lr_find.json in a run directory."""
+def lr_find(recipe_file: str | Path, overrides=(), out: str | Path = "runs", iters: int = 100) -> tuple[Path, dict]:
+    """Runs fastai's lr_find at the first stage's size; saves lr_find.png and lr_find.json in a run directory.
+
+    fastai's `slide` suggestion is left out: it indexes 16 points back and fails when lr_find stops early.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from fastai.callback.schedule import minimum, slide, steep, valley
+    from fastai.callback.schedule import minimum, steep, valley
 
     recipe, items, run = prepare(recipe_file, overrides, out, suffix="-lr_find")
     learn = build_learner(recipe, items, run)
-    found = learn.lr_find(suggest_funcs=(minimum, steep, valley, slide), show_plot=True)
+    found = learn.lr_find(num_it=iters, suggest_funcs=(minimum, steep, valley), show_plot=True)
     plt.gcf().savefig(run / "lr_find.png", dpi=110, bbox_inches="tight")
     plt.close("all")
     suggestions = {name: float(value) for name, value in found._asdict().items()}

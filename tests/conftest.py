@@ -1,0 +1,60 @@
+"""Shared fixtures: a small demo dataset and one tiny trained run, made once per test session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    # Keep the mask cache inside the test session, never in the user's home.
+    os.environ.setdefault("TRASH_CACHE", str(Path(config.rootpath) / ".pytest_cache" / "trash"))
+
+
+def shared_dataset(name: str) -> Path:
+    """A real dataset from ../shared/data, or a skip with the reason when it is absent."""
+    path = SHARED_DATA / name
+    if not (path / "annotations.json").is_file():
+        pytest.skip(f"real dataset {name!r} not found at {path} (../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic dataset in the competition layout (train/val/test json, file_names relative)."""
+    from app.synthetic import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), seed=1, n_train=24, n_val=8, n_test=4)
+
+
+def write_recipe(path: Path, demo: dict[str, Path], **sections) -> Path:
+    """A recipe file for the demo fixture: 64 px, resnet18, 2 epochs unless overridden."""
+    values = {
+        "data": dict(
+            annotations=str(demo["train"]),
+            valid_annotations=str(demo["val"]),
+            images=str(demo["images"]),
+            size=64,
+            batch_size=4,
+        ),
+        "model": dict(encoder="resnet18", last_cross=False),
+        "train": dict(epochs=2, lr=3e-3, precision="fp32"),
+    }
+    for name, extra in sections.items():
+        values[name] = {**values.get(name, {}), **extra}
+    body = "".join(f"{name} = {value!r}\n" for name, value in values.items())
+    path.write_text(f'"""Test recipe."""\n{body}')
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo, tmp_path_factory) -> Path:
+    """One tiny `trash fit` run directory, reused by the export / predict / evaluate tests."""
+    from app.train import fit
+
+    root = tmp_path_factory.mktemp("runs")
+    recipe = write_recipe(root / "tiny.py", demo)
+    return fit(recipe, out=root / "runs")

@@ -1,0 +1,51 @@
+"""Augmentation keeps image and mask aligned, changes the training split only."""
+
+import numpy as np
+import pytest
+from fastai.vision.all import PILImage, PILMask
+
+from app.augment import PRESETS, build_preset
+from app.data import AlbumentationsTransform
+
+
+def blocky_pair(rng, size=64):
+    """An image whose red channel says the mask: > 127 exactly where the mask is 1 (gap survives colour jitter)."""
+    mask = np.kron(rng.integers(0, 2, (8, 8)), np.ones((size // 8, size // 8), int)).astype(np.uint8)
+    image = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
+    image[..., 0] = np.where(mask == 1, 215, 40)
+    return image, mask
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_image_and_mask_stay_aligned(preset):
+    rng = np.random.default_rng(0)
+    tfm = AlbumentationsTransform(build_preset(preset, seed=0))
+    changed = 0
+    for _ in range(30):
+        image, mask = blocky_pair(rng)
+        out_img, out_mask = tfm((PILImage.create(image), PILMask.create(mask)), split_idx=0)
+        out_img, out_mask = np.array(out_img), np.array(out_mask)
+        agreement = ((out_img[..., 0] > 127) == (out_mask == 1)).mean()
+        assert agreement > 0.99, f"{preset}: image and mask disagree on {1 - agreement:.1%} of pixels"
+        changed += not np.array_equal(out_mask, mask)
+    assert changed > 0 or preset == "none", f"{preset} never changed the geometry in 30 draws"
+
+
+def test_validation_split_is_not_augmented():
+    rng = np.random.default_rng(1)
+    image, mask = blocky_pair(rng)
+    tfm = AlbumentationsTransform(build_preset("medium", seed=0))
+    for _ in range(10):
+        out_img, out_mask = tfm((PILImage.create(image), PILMask.create(mask)), split_idx=1)
+        assert np.array_equal(np.array(out_img), image) and np.array_equal(np.array(out_mask), mask)
+
+
+def test_presets_are_seeded():
+    image, mask = blocky_pair(np.random.default_rng(2))
+
+    def draws(seed):
+        aug = build_preset("light", seed=seed)
+        return [aug(image=image, mask=mask)["mask"] for _ in range(8)]
+
+    assert all(np.array_equal(a, b) for a, b in zip(draws(5), draws(5)))
+    assert not all(np.array_equal(a, b) for a, b in zip(draws(5), draws(6)))
