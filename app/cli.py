@@ -83,6 +83,9 @@ def fit(
     recipe: Annotated[Path, typer.Argument(help="Recipe file, e.g. recipes/unet_effb4.py")],
     set_: SetOption = None,
     out: OutOption = Path("runs"),
+    fold: Annotated[
+        int | None, typer.Option(help="Fold of the recipe's data.split to train (same as --set data.fold=K)")
+    ] = None,
 ):
     """Train RECIPE; write recipe copy, resolved values, history.csv, best model, export.pkl and metrics.json.
 
@@ -90,7 +93,8 @@ def fit(
     """
     from app.train import fit as run_fit
 
-    run = run_fit(recipe, set_ or [], out)
+    overrides = [*(set_ or []), *([f"data.fold={fold}"] if fold is not None else [])]
+    run = run_fit(recipe, overrides, out)
     _print_run(run)
 
 
@@ -169,10 +173,174 @@ def evaluate(
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}, indent=2))
 
 
+data_app = typer.Typer(
+    help="Look at and prepare COCO data: check, masks, stats, split, show.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(
+    data_app, name="data", short_help="check / masks / stats / split / show.  e.g. trash data check a.json --images DIR"
+)
+AnnArg = Annotated[Path, typer.Argument(help="COCO json")]
+ImagesOption = Annotated[Path, typer.Option(help="Folder the json's file_names are relative to")]
+
+
+@data_app.command("check", short_help="Every problem of a COCO json + images in one report.")
+@friendly
+def data_check(annotations: AnnArg, images: ImagesOption):
+    """Validate a COCO json and its images before anything reaches pycocotools; exit 1 when errors are found.
+
+    Example: trash data check data/train.json --images data
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from app.check import check_coco
+
+    report = check_coco(annotations, images, progress=progress_bar)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("masks", short_help="One class-mask PNG per image (pixel = class index).")
+@friendly
+def data_masks(
+    annotations: AnnArg,
+    images: ImagesOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the mask PNGs (named like the images)")],
+    overlap: Annotated[
+        str, typer.Option(help="Paint order of overlapping annotations: largest-first, smallest-first, json-order")
+    ] = "largest-first",
+):
+    """Rasterize a COCO json into class-index PNGs: 0 background, category ids ascending → 1..N.
+
+    Overlaps: largest-first (default) paints larger annotations first so smaller objects stay on top;
+    smallest-first the opposite; json-order paints in file order. Training uses the same function.
+
+    Example: trash data masks data/train.json --images data --out data/masks
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from app.check import check_coco
+    from app.coco import load_coco, write_masks
+
+    _refuse_bad_data(check_coco(annotations, images, read_images=False))
+    coco = load_coco(annotations)
+    written = write_masks(coco, out, overlap, progress_bar)
+    typer.echo(f"{len(written)} masks in {out} (classes: {', '.join(f'{i}={c}' for i, c in enumerate(coco.codes))})")
+
+
+@data_app.command("stats", short_help="Per-class instances, images, pixels, class weights, bar chart.")
+@friendly
+def data_stats(
+    annotations: AnnArg,
+    images: ImagesOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full statistics as JSON")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Bar-chart PNG (default: <json stem>_stats.png here)")] = None,
+):
+    """Class statistics from the rasterized masks and class-weight suggestions (loss.class_weights schemes).
+
+    Example: trash data stats data/train.json --images data --json
+    """
+    import json
+
+    from fastprogress.fastprogress import progress_bar
+
+    from app.check import check_coco
+    from app.coco import load_coco
+    from app.stats import WEIGHT_SCHEMES, dataset_stats, plot_stats
+
+    _refuse_bad_data(check_coco(annotations, images, read_images=False))
+    stats = dataset_stats(load_coco(annotations), progress=progress_bar)
+    png = plot_stats(stats, plot or Path(f"{annotations.stem}_stats.png"))
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    typer.echo(
+        f"{'class':24s} {'instances':>9s} {'images':>7s} {'pixels':>12s} {'share':>9s} "
+        + " ".join(f"{s:>8s}" for s in WEIGHT_SCHEMES)
+    )
+    for i, (name, row) in enumerate(stats["classes"].items()):
+        weights = " ".join(f"{stats['weights'][s][i]:8.3f}" for s in WEIGHT_SCHEMES)
+        typer.echo(
+            f"{name[:24]:24s} {row['instances']:9d} {row['images']:7d} {row['pixels']:12d} "
+            f"{row['share']:9.5f} {weights}"
+        )
+    typer.echo(f"bar chart {png}")
+
+
+@data_app.command("split", short_help="Stratified group k-fold train/val json per fold.")
+@friendly
+def data_split(
+    annotations: AnnArg,
+    folds: Annotated[int, typer.Option(help="Number of folds K")] = 5,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Regex over file_name (e.g. 'vid_\\d+') or an image field; one group never spans two folds"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Shuffling seed")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for fold<k>/train.json, fold<k>/val.json, summary.json")
+    ] = Path("splits"),
+):
+    """Split by StratifiedGroupKFold, stratified on each image's rarest class by pixel area.
+
+    Recipes use a split with data.split=OUT and `trash fit RECIPE --fold K`.
+
+    Example: trash data split ../shared/data/trashcan/annotations.json --folds 5 --group 'vid_\\d+' --out splits/tc
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from app.check import check_coco
+    from app.split import make_folds, write_folds
+
+    _refuse_bad_data(check_coco(annotations, None, read_images=False))
+    made = make_folds(annotations, folds, group, seed, progress=progress_bar)
+    summary = write_folds(annotations, made, out)
+    for fold in summary["folds"]:
+        typer.echo(
+            f"fold {fold['fold']}: train {fold['train']['images']:5d} images ({fold['train']['groups']} groups), "
+            f"val {fold['val']['images']:5d} images ({fold['val']['groups']} groups)"
+        )
+    typer.echo(f"summary {Path(out) / 'summary.json'}")
+
+
+@data_app.command("show", short_help="Grid of images with colour-coded masks and a legend.")
+@friendly
+def data_show(
+    annotations: AnnArg,
+    images: ImagesOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path("grid.png"),
+    count: Annotated[int, typer.Option(help="Number of images")] = 12,
+    seed: Annotated[int, typer.Option(help="Which images (random, reproducible)")] = 0,
+    masks: Annotated[
+        Path | None, typer.Option(help="Show these mask PNGs instead (e.g. trash predict's masks/)")
+    ] = None,
+):
+    """Look at the data (or at predictions with --masks) as colour overlays.
+
+    Example: trash data show data/val.json --images data --out grid.png --masks preds/masks
+    """
+    from app.overlay import show_coco
+
+    typer.echo(f"grid {show_coco(annotations, images, out, count, seed, masks)}")
+
+
+def _refuse_bad_data(report) -> None:
+    if not report.ok:
+        raise TrashError(
+            f"{report.path} has errors; run `trash data check` for the full report:\n"
+            + "\n".join(p.message for p in report.errors[:10])
+        )
+
+
 def _print_run(run: Path) -> None:
     import json
 
     metrics = json.loads((run / "metrics.json").read_text())
+    dropped = json.loads((run / "resolved.json").read_text())["dropped"]
+    for message in dropped:
+        typer.echo(f"dropped    {message}", err=True)
     typer.echo(f"run        {run}")
     typer.echo(f"model      {run / 'export.pkl'}")
     typer.echo(f"metrics    {run / 'metrics.json'}  (validation mIoU {metrics['miou']:.4f})")
@@ -180,6 +348,10 @@ def _print_run(run: Path) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    # Emitted at import by a dependency on every command; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
     app()
 
 

@@ -68,9 +68,13 @@ class Items:
     valid: list[Sample]
     codes: list[str]
     fingerprints: dict[str, str]
+    sources: dict[str, str]  # the json files used, e.g. a fold's train.json / val.json
+    dropped: list[str]  # problems whose annotations/images were left out (data.drop_bad_annotations)
 
 
-def coco_items(coco: CocoSet, images_root: str | Path, cache_root: str = "", progress=None) -> list[Sample]:
+def coco_items(
+    coco: CocoSet, images_root: str | Path, cache_root: str = "", progress=None, overlap: str = "largest-first"
+) -> list[Sample]:
     """(image path, cached mask path) for every image of the json; missing image files are an error."""
     root = Path(images_root)
     images = [root / im.file_name for im in coco.images]
@@ -78,31 +82,69 @@ def coco_items(coco: CocoSet, images_root: str | Path, cache_root: str = "", pro
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise TrashError(f"{coco.path}: {len(missing)} image file(s) not found, e.g. {', '.join(missing[:3])}{more}")
-    return [Sample(i, m) for i, m in zip(images, cached_masks(coco, cache_root, progress))]
+    return [Sample(i, m) for i, m in zip(images, cached_masks(coco, cache_root, progress, overlap))]
 
 
 def load_items(recipe: Recipe, progress=None) -> Items:
-    """Reads the recipe's json(s), rasterizes (or reuses cached) masks and splits train/valid."""
+    """Checks the recipe's json(s), rasterizes (or reuses cached) masks and splits train/valid."""
     d = recipe.data
-    train_coco = load_coco(d.annotations)
-    train = coco_items(train_coco, d.images, d.mask_cache, progress)
-    fingerprints = {"train": train_coco.fingerprint}
-    if d.valid_annotations:
-        valid_coco = load_coco(d.valid_annotations)
+    train_json, valid_json = fold_files(d.split, d.fold) if d.split else (d.annotations, d.valid_annotations)
+    dropped: list[str] = []
+    train_coco = checked_coco(train_json, d.images, d.drop_bad_annotations, dropped)
+    train = coco_items(train_coco, d.images, d.mask_cache, progress, d.overlap)
+    fingerprints, sources = {"train": train_coco.fingerprint}, {"train": str(train_json)}
+    if valid_json:
+        valid_images = d.valid_images or d.images
+        valid_coco = checked_coco(valid_json, valid_images, d.drop_bad_annotations, dropped)
         if valid_coco.codes != train_coco.codes:
-            raise TrashError(f"{d.valid_annotations}: categories differ from {d.annotations}")
-        valid = coco_items(valid_coco, d.valid_images or d.images, d.mask_cache, progress)
-        fingerprints["valid"] = valid_coco.fingerprint
+            raise TrashError(f"{valid_json}: categories differ from {train_json}")
+        valid = coco_items(valid_coco, valid_images, d.mask_cache, progress, d.overlap)
+        fingerprints["valid"], sources["valid"] = valid_coco.fingerprint, str(valid_json)
     else:
-        order = list(range(len(train)))
-        random.Random(recipe.train.seed).shuffle(order)
-        n_valid = max(1, round(len(train) * d.valid_fraction))
-        held = set(order[:n_valid])
-        valid = [it for i, it in enumerate(train) if i in held]
-        train = [it for i, it in enumerate(train) if i not in held]
+        train, valid = _hold_out(train, d.valid_fraction, recipe.train.seed)
     if not train or not valid:
-        raise TrashError(f"{d.annotations}: empty training or validation set ({len(train)} / {len(valid)} images)")
-    return Items(train, valid, train_coco.codes, fingerprints)
+        raise TrashError(f"{train_json}: empty training or validation set ({len(train)} / {len(valid)} images)")
+    return Items(train, valid, train_coco.codes, fingerprints, sources, dropped)
+
+
+def fold_files(split: str, fold: int) -> tuple[Path, Path]:
+    """train.json and val.json of one fold written by `trash data split`."""
+    folder = Path(split) / f"fold{fold}"
+    if not (folder / "train.json").is_file() or not (folder / "val.json").is_file():
+        found = sorted(p.name for p in Path(split).glob("fold*"))
+        raise TrashError(
+            f"'data.fold' {fold}: no {folder}/train.json and val.json (folds here: {', '.join(found) or 'none'})"
+        )
+    return folder / "train.json", folder / "val.json"
+
+
+def checked_coco(annotations, images, drop: bool, dropped: list[str]):
+    """Loads a json after `trash data check`'s validation: refuses bad data, or drops and records it."""
+    from app.check import check_coco
+
+    report = check_coco(annotations, images)
+    if report.ok:
+        return load_coco(annotations)
+    errors = report.errors
+    undroppable = [p for p in errors if p.annotation_id is None and p.image_id is None]
+    if not drop or undroppable:
+        first = (undroppable or errors)[0].message
+        hint = "" if undroppable else "; or set data.drop_bad_annotations=true to leave them out"
+        raise TrashError(
+            f"{annotations}: {len(errors)} data problem(s), e.g. {first}. "
+            f"See `trash data check {annotations} --images {images}`{hint}"
+        )
+    bad_images = {p.image_id for p in errors if p.annotation_id is None}
+    dropped += [p.message for p in errors]
+    return load_coco(annotations, report.bad_annotation_ids(), bad_images)
+
+
+def _hold_out(items: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded random `fraction` of the images for validation, when no validation json is given."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, round(len(items) * fraction))])
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
 
 
 def make_dls(items: Items, recipe: Recipe, size: int, mean: tuple, std: tuple, device=None):

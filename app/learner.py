@@ -16,14 +16,20 @@ from app.models import build_model, unet_splitter
 from app.recipe import Recipe
 
 
-def build_loss(recipe: Recipe, n_classes: int) -> SegmentationLoss:
-    lo = recipe.loss
+def build_loss(recipe: Recipe, items: Items) -> SegmentationLoss:
+    """The recipe's loss; class weights given explicitly or computed by scheme from the training masks."""
+    lo, n_classes = recipe.loss, len(items.codes)
+    weights = lo.class_weights or None
+    if lo.class_weight_scheme:
+        from app.stats import weights_from_masks
+
+        weights = weights_from_masks([s.mask for s in items.train], items.codes, lo.class_weight_scheme)
     if lo.class_weights and len(lo.class_weights) != n_classes:
         raise TrashError(
             f"'loss.class_weights' has {len(lo.class_weights)} values but the data has {n_classes} classes "
             "(background first)"
         )
-    return SegmentationLoss(lo.ce, lo.focal, lo.focal_gamma, lo.class_weights or None, lo.ignore_index)
+    return SegmentationLoss(lo.ce, lo.focal, lo.focal_gamma, weights, lo.ignore_index)
 
 
 def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
@@ -34,7 +40,7 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
     learn = Learner(
         make_dls(items, recipe, size, mean, std),
         model,
-        loss_func=build_loss(recipe, n_classes),
+        loss_func=build_loss(recipe, items),
         opt_func=Adam,
         metrics=[MeanIoU(n_classes, recipe.loss.ignore_index)],
         splitter=unet_splitter,

@@ -24,6 +24,10 @@ class Data:
     valid_annotations: str = ""  # optional second json for validation (the competition ships val.json)
     valid_images: str = ""  # folder for valid_annotations; "" = same as `images`
     valid_fraction: float = 0.2  # used when valid_annotations is "": seeded share of images held out
+    split: str = ""  # folder written by `trash data split`; with `fold`, replaces annotations/valid_annotations
+    fold: int = -1  # which fold of `split` to train (`trash fit --fold K`); -1 = no split
+    overlap: str = "largest-first"  # paint order of overlapping annotations (app/coco.py OVERLAP_RULES)
+    drop_bad_annotations: bool = False  # drop (and list) what `trash data check` reports instead of refusing
     size: int = 256  # side (px) images are squished to for training and prediction
     stages: tuple[tuple[int, int], ...] = ()  # progressive resizing ((size, epochs), ...); overrides size/epochs
     batch_size: int = 8
@@ -50,6 +54,7 @@ class Loss:
     focal: float = 0.0  # weight of focal loss in the sum (0.9 CE + 0.1 focal was the teams' best)
     focal_gamma: float = 2.0
     class_weights: tuple[float, ...] = ()  # one per class, background first; () = all 1
+    class_weight_scheme: str = ""  # or computed from training pixel shares: inverse | log | sqrt
     ignore_index: int = 255  # mask value that contributes no loss (unlabelled / unconfident pixels)
 
 
@@ -82,7 +87,15 @@ class Recipe:
 
 SECTIONS = {"data": Data, "model": Model, "loss": Loss, "train": Train}
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-PATH_KEYS = ("data.annotations", "data.images", "data.valid_annotations", "data.valid_images", "model.weights")
+PATH_KEYS = (
+    "data.annotations",
+    "data.images",
+    "data.valid_annotations",
+    "data.valid_images",
+    "data.split",
+    "model.weights",
+)
+WEIGHT_SCHEMES = ("inverse", "log", "sqrt")  # app/stats.py computes them; listed here to validate without numpy
 
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = (), check_files: bool = True) -> Recipe:
@@ -228,8 +241,20 @@ def check_recipe(recipe: Recipe, check_files: bool = True) -> list[str]:
     errors = []
     if check_files:
         errors += _check_files(recipe)
-    if not d.annotations:
+    if not d.annotations and not d.split:
         errors.append("'data.annotations' is empty: name the COCO json of the training images")
+    if d.split and d.fold < 0:
+        errors.append("'data.split' is set: choose a fold with `trash fit RECIPE --fold K` or data.fold=K")
+    from app.coco import OVERLAP_RULES  # numpy only
+
+    if d.overlap not in OVERLAP_RULES:
+        errors.append(f"'data.overlap' is {d.overlap!r}; choose one of {', '.join(OVERLAP_RULES)}")
+    scheme = recipe.loss.class_weight_scheme
+    if scheme and (scheme not in WEIGHT_SCHEMES or recipe.loss.class_weights):
+        errors.append(
+            f"'loss.class_weight_scheme' {scheme!r}: use one of {', '.join(WEIGHT_SCHEMES)}, "
+            "and not together with loss.class_weights"
+        )
     if d.size < 32 or d.size % 32:
         errors.append(f"'data.size' must be a multiple of 32 and at least 32, got {d.size}")
     for size, epochs in d.stages:

@@ -18,25 +18,35 @@ from app.runs import EXPORT, copy_recipe, create_run_dir, package_versions, writ
 
 
 def prepare(recipe_file: str | Path, overrides=(), out: str | Path = "runs", suffix: str = ""):
-    """Validates the recipe, prepares the data and creates the run directory; returns (recipe, items, run)."""
+    """Validates the recipe, checks and prepares the data, creates the run directory and the Learner.
+
+    Returns:
+        (recipe, items, learn): `learn.path` is the new run directory, which already holds the recipe
+        copy and resolved.json.
+    """
     recipe = resolve_paths(load_recipe(recipe_file, overrides))
     check_encoder(recipe.model.encoder)  # fail on a typo before rasterizing anything
     items = load_items(recipe, progress=progress_bar)
+    set_seed(recipe.train.seed, reproducible=True)
     run = create_run_dir(out, recipe.name, suffix)
+    learn = build_learner(recipe, items, run)
     copy_recipe(recipe_file, run)
+    weights = learn.loss_func.class_weights
     write_json(
         run / "resolved.json",
         {
             **recipe.to_dict(),
             "overrides": list(overrides),
             "classes": items.codes,
+            "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
+            "data_sources": items.sources,
             "data_fingerprints": items.fingerprints,
+            "dropped": items.dropped,
             "images": {"train": len(items.train), "valid": len(items.valid)},
             "versions": package_versions(),
         },
     )
-    set_seed(recipe.train.seed, reproducible=True)
-    return recipe, items, run
+    return recipe, items, learn
 
 
 def fit(recipe_file: str | Path, overrides=(), out: str | Path = "runs") -> Path:
@@ -46,8 +56,8 @@ def fit(recipe_file: str | Path, overrides=(), out: str | Path = "runs") -> Path
         The run directory (history.csv, models/best.pth, export.pkl, metrics.json, recipe.py, resolved.json).
     """
     started = time.time()
-    recipe, items, run = prepare(recipe_file, overrides, out)
-    learn = build_learner(recipe, items, run)
+    recipe, items, learn = prepare(recipe_file, overrides, out)
+    run = learn.path
     done = 0
     for stage, (size, epochs) in enumerate(recipe.stages()):
         if stage:  # progressive resizing: same model, new loaders at the next size
@@ -93,8 +103,8 @@ def lr_find(recipe_file: str | Path, overrides=(), out: str | Path = "runs", ite
     import matplotlib.pyplot as plt
     from fastai.callback.schedule import minimum, steep, valley
 
-    recipe, items, run = prepare(recipe_file, overrides, out, suffix="-lr_find")
-    learn = build_learner(recipe, items, run)
+    recipe, items, learn = prepare(recipe_file, overrides, out, suffix="-lr_find")
+    run = learn.path
     found = learn.lr_find(num_it=iters, suggest_funcs=(minimum, steep, valley), show_plot=True)
     plt.gcf().savefig(run / "lr_find.png", dpi=110, bbox_inches="tight")
     plt.close("all")

@@ -131,3 +131,25 @@ def test_repo_has_the_promised_layout():
         ".ci/run",
     ]:
         assert (REPO / name).is_file(), name
+
+
+def test_reference_recipe_runs_unchanged_on_the_documented_layout(tmp_path, monkeypatch):
+    """recipes/unet_effb4.py on data/train.json + data/val.json, shrunk only through --set (tiny and offline)."""
+    from app.synthetic import make_demo_dataset
+
+    make_demo_dataset(tmp_path / "data", seed=2, n_train=12, n_val=4, n_test=2)
+    monkeypatch.chdir(tmp_path)
+    small = [
+        "model.encoder=efficientnet_b0",
+        "model.pretrained=false",
+        "data.stages=((64, 1), (96, 1))",
+        "data.batch_size=4",
+        "train.effective_batch=8",
+    ]
+    invoke("fit", REPO / "recipes" / "unet_effb4.py", *[a for s in small for a in ("--set", s)], "--out", "runs")
+    run = (tmp_path / "runs" / "unet_effb4" / "latest").resolve()
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [(r["epoch"], r["stage"], r["size"]) for r in rows] == [("0", "0", "64"), ("1", "1", "96")]
+    resolved = json.loads((run / "resolved.json").read_text())
+    assert resolved["loss"]["focal"] == 0.1 and resolved["data"]["augment"] == "medium"
+    assert resolved["data"]["annotations"] == str(tmp_path / "data" / "train.json")
