@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 DEMO_RUN := runs/demo/latest
 
-.PHONY: install verify demo test lint clean
+.PHONY: install verify demo test bench lint clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ demo: verify
 
 test: verify
 	$(BIN)/python -m pytest -q
+
+bench: verify
+	$(BIN)/python -m bench.run
 
 lint: install
 	$(BIN)/ruff check app tests recipes

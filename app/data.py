@@ -49,15 +49,68 @@ class AlbumentationsTransform(ItemTransform):
     """Applies an albumentations Compose to (image, mask) pairs of the training split only."""
 
     split_idx = 0  # 0 = training split; validation and prediction are never augmented
-    order = 2  # after fastai's Resize (order 1), before ToTensor (order 5)
+    order = 3  # after fastai's Resize (order 1) and RareClassMix (2), before ToTensor (order 5)
 
     def __init__(self, aug):
-        self.aug = aug
+        self.aug, self._worker = aug, None
 
     def encodes(self, x):
         img, mask = x
+        self._reseed_in_worker()
         out = self.aug(image=np.array(img), mask=np.array(mask))
         return PILImage.create(out["image"]), PILMask.create(out["mask"])
+
+    def _reseed_in_worker(self):
+        """Each DataLoader worker holds a copy of the seeded Compose; without this they all draw the same."""
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker != (info.id, info.seed):
+            self._worker = (info.id, info.seed)  # info.seed differs per worker and per epoch
+            self.aug.set_random_state(np.random.default_rng(info.seed), random.Random(info.seed))
+
+
+class RareClassMix(ItemTransform):
+    """Copy-paste of rare-class objects from other training images, and 4-image mosaics (training split only).
+
+    Donor images are drawn among the training images that contain a rare class. Random draws use Python's
+    `random`, which fastai seeds per run and per DataLoader worker.
+    """
+
+    split_idx = 0
+    order = 2  # after Resize: every image is already the training size
+
+    def __init__(self, donors: list[Sample], rare: list[int], copy_paste: float, mosaic: float):
+        self.donors, self.rare, self.copy_paste, self.mosaic = list(donors), list(rare), copy_paste, mosaic
+
+    def encodes(self, x):
+        from app import rare
+
+        if not self.donors:  # exported learners forget their training images (see forget_training_items)
+            return x
+        img, mask = np.array(x[0]), np.array(x[1])
+        rng = np.random.default_rng(random.getrandbits(64))
+        if random.random() < self.mosaic:
+            others = [_read_pair(random.choice(self.donors)) for _ in range(3)]
+            img, mask = rare.mosaic([(img, mask), *others], img.shape[0], rng)
+        if random.random() < self.copy_paste:
+            donor_img, donor_mask = _read_pair(random.choice(self.donors))
+            img, mask = rare.copy_paste(img, mask, donor_img, donor_mask, self.rare, rng)
+        return PILImage.create(img), PILMask.create(mask)
+
+
+def _read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    image = cv2.cvtColor(cv2.imread(str(sample.image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return image, cv2.imread(str(sample.mask), cv2.IMREAD_UNCHANGED)
+
+
+def forget_training_items(dls) -> None:
+    """Drops the training file list from transforms before export (an export must not carry the dataset)."""
+    for tfm in dls.train.after_item.fs:
+        if isinstance(tfm, RareClassMix):
+            tfm.donors = []
 
 
 @dataclass
@@ -147,19 +200,45 @@ def _hold_out(items: list[Sample], fraction: float, seed: int) -> tuple[list[Sam
     return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
 
 
+def rare_class_indices(items: Items, names: tuple[str, ...], presence: np.ndarray) -> list[int]:
+    """Class indices of `names`; with no names, the classes present in under 10% of training images."""
+    if names:
+        unknown = [n for n in names if n not in items.codes]
+        if unknown:
+            raise TrashError(f"'data.rare_classes' names {unknown}, not classes of the data: {items.codes[1:]}")
+        return [items.codes.index(n) for n in names]
+    share = presence.mean(0)
+    return [c for c in range(1, len(items.codes)) if 0 < share[c] < 0.1]
+
+
 def make_dls(items: Items, recipe: Recipe, size: int, mean: tuple, std: tuple, device=None):
     """fastai DataLoaders at one training size, normalised with the encoder's statistics."""
     d = recipe.data
+    item_tfms = [Resize(size, method=ResizeMethod.Squish)]  # Squish keeps every pixel and inverts exactly
+    crop = d.crop if d.crop and d.crop < size else None
+    item_tfms.append(AlbumentationsTransform(build_preset(d.augment, recipe.train.seed, crop=crop)))
+    weights = None
+    if d.copy_paste or d.mosaic or d.sampler == "balanced":
+        from app.rare import balanced_weights, class_presence
+
+        presence = class_presence([s.mask for s in items.train], len(items.codes))
+        rare = rare_class_indices(items, d.rare_classes, presence)
+        donors = [s for s, row in zip(items.train, presence) if row[rare].any()] if rare else []
+        if d.copy_paste or d.mosaic:
+            item_tfms.append(RareClassMix(donors or items.train, rare, d.copy_paste, d.mosaic))
+        if d.sampler == "balanced":
+            weights = np.concatenate([balanced_weights(presence, rare or None), np.ones(len(items.valid))])
     block = DataBlock(
         blocks=(ImageBlock, MaskBlock(items.codes)),
         get_x=item_image,
         get_y=item_mask,
         splitter=IndexSplitter(range(len(items.train), len(items.train) + len(items.valid))),
-        # Squish (no crop) keeps every labelled pixel and is exactly invertible at prediction time.
-        item_tfms=[
-            Resize(size, method=ResizeMethod.Squish),
-            AlbumentationsTransform(build_preset(d.augment, recipe.train.seed)),
-        ],
+        item_tfms=item_tfms,
         batch_tfms=[Normalize.from_stats(mean, std)],
     )
-    return block.dataloaders(items.train + items.valid, bs=d.batch_size, num_workers=d.workers, device=device)
+    source, kwargs = items.train + items.valid, dict(bs=d.batch_size, num_workers=d.workers, device=device)
+    if weights is not None:  # fastai's WeightedDL: the training set is sampled with these weights
+        from fastai.callback.data import weighted_dataloaders  # noqa: F401  (patches DataBlock)
+
+        return block.weighted_dataloaders(source, weights, **kwargs)
+    return block.dataloaders(source, **kwargs)

@@ -33,6 +33,11 @@ class Data:
     batch_size: int = 8
     workers: int = 0  # DataLoader worker processes (0 = main process; measured fastest on 2 cores)
     augment: str = "light"  # augmentation preset name, see app/augment.py
+    crop: int = 0  # > 0: train on crop x crop windows of the resized image, centred on objects when there are any
+    rare_classes: tuple[str, ...] = ()  # targets of copy_paste / mosaic / sampler; () = in < 10% of train images
+    copy_paste: float = 0.0  # probability that a training image gets rare-class objects pasted from another one
+    mosaic: float = 0.0  # probability that a training image is replaced by a 4-image mosaic
+    sampler: str = "uniform"  # uniform | balanced (oversample images that contain rare classes)
     mask_cache: str = ""  # folder for rasterized masks; "" = ~/.cache/trash/masks
 
 
@@ -87,6 +92,7 @@ class Recipe:
 
 SECTIONS = {"data": Data, "model": Model, "loss": Loss, "train": Train}
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+SAMPLERS = ("uniform", "balanced")
 PATH_KEYS = (
     "data.annotations",
     "data.images",
@@ -260,6 +266,12 @@ def check_recipe(recipe: Recipe, check_files: bool = True) -> list[str]:
     for size, epochs in d.stages:
         if size < 32 or size % 32 or epochs < 1:
             errors.append(f"'data.stages' entry ({size}, {epochs}): size must be a multiple of 32, epochs >= 1")
+    if d.crop and (d.crop % 32 or d.crop > max([d.size, *(s for s, _ in d.stages)])):
+        errors.append(f"'data.crop' must be a multiple of 32 no larger than the image size, got {d.crop}")
+    if not (0 <= d.copy_paste <= 1 and 0 <= d.mosaic <= 1):
+        errors.append("'data.copy_paste' and 'data.mosaic' are probabilities between 0 and 1")
+    if d.sampler not in SAMPLERS:
+        errors.append(f"'data.sampler' is {d.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if d.batch_size < 1:
         errors.append(f"'data.batch_size' must be >= 1, got {d.batch_size}")
     if not 0 < d.valid_fraction < 1:

@@ -9,7 +9,7 @@ from fastai.torch_core import set_seed
 from fastprogress.fastprogress import progress_bar
 
 from app.callbacks import HistoryCSV
-from app.data import load_items, make_dls
+from app.data import forget_training_items, load_items, make_dls
 from app.evaluate import evaluate_items
 from app.learner import build_learner
 from app.models import check_encoder, count_parameters
@@ -69,6 +69,7 @@ def fit(recipe_file: str | Path, overrides=(), out: str | Path = "runs") -> Path
         ]
         learn.fit_one_cycle(epochs, recipe.train.lr, cbs=cbs)
         done += epochs
+    forget_training_items(learn.dls)
     learn.export(EXPORT)  # relative to learn.path, the run directory
     write_metrics(learn, recipe, items, run, time.time() - started)
     return run

@@ -8,7 +8,7 @@ data = dict(
     size=512,
     stages=((256, 20), (512, 10)),  # progressive resizing: same model, 20 epochs at 256 px, then 10 at 512 px
     batch_size=8,
-    augment="medium",  # flips, RandomRotate90, elastic
+    augment="medium",  # flips, RandomRotate90, one warp (affine or elastic), mild colour
 )
 model = dict(encoder="efficientnet_b4", pretrained=True)  # timm weights from the local cache or the hub
 loss = dict(ce=0.9, focal=0.1, focal_gamma=2.0)

@@ -1,4 +1,6 @@
-"""Augmentation keeps image and mask aligned, changes the training split only."""
+"""The fastai glue: AlbumentationsTransform keeps image and mask aligned, on the training split only.
+
+The presets themselves are tested in depth in tests/test_augment_presets.py."""
 
 import numpy as np
 import pytest
@@ -7,8 +9,12 @@ from fastai.vision.all import PILImage, PILMask
 from app.augment import PRESETS, build_preset
 from app.data import AlbumentationsTransform
 
+# heavy's blur and contrast ops move blurred edge pixels across the fixed 127 threshold (see
+# tests/test_augment_presets.py); at 64 px with 8 px blocks that is most pixels, hence 256 px and 97 %.
+MIN_AGREEMENT = {"heavy": 0.97}
 
-def blocky_pair(rng, size=64):
+
+def blocky_pair(rng, size=256):
     """An image whose red channel says the mask: > 127 exactly where the mask is 1 (gap survives colour jitter)."""
     mask = np.kron(rng.integers(0, 2, (8, 8)), np.ones((size // 8, size // 8), int)).astype(np.uint8)
     image = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
@@ -26,7 +32,8 @@ def test_image_and_mask_stay_aligned(preset):
         out_img, out_mask = tfm((PILImage.create(image), PILMask.create(mask)), split_idx=0)
         out_img, out_mask = np.array(out_img), np.array(out_mask)
         agreement = ((out_img[..., 0] > 127) == (out_mask == 1)).mean()
-        assert agreement > 0.99, f"{preset}: image and mask disagree on {1 - agreement:.1%} of pixels"
+        least = MIN_AGREEMENT.get(preset, 0.99)
+        assert agreement > least, f"{preset}: image and mask disagree on {1 - agreement:.1%} of pixels"
         changed += not np.array_equal(out_mask, mask)
     assert changed > 0 or preset == "none", f"{preset} never changed the geometry in 30 draws"
 
@@ -38,14 +45,3 @@ def test_validation_split_is_not_augmented():
     for _ in range(10):
         out_img, out_mask = tfm((PILImage.create(image), PILMask.create(mask)), split_idx=1)
         assert np.array_equal(np.array(out_img), image) and np.array_equal(np.array(out_mask), mask)
-
-
-def test_presets_are_seeded():
-    image, mask = blocky_pair(np.random.default_rng(2))
-
-    def draws(seed):
-        aug = build_preset("light", seed=seed)
-        return [aug(image=image, mask=mask)["mask"] for _ in range(8)]
-
-    assert all(np.array_equal(a, b) for a, b in zip(draws(5), draws(5)))
-    assert not all(np.array_equal(a, b) for a, b in zip(draws(5), draws(6)))

@@ -111,3 +111,8 @@ def test_unreadable_json_is_a_clear_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(TrashError, match="bad.json"):
         load_coco(bad)
+
+
+def test_trashcan_masks_match_pycocotools():
+    """Every pixel of every real TrashCan image (RLE, overlaps, two sizes) against pycocotools' COCO API."""
+    assert_matches_pycocotools(shared_dataset("trashcan") / "annotations.json")

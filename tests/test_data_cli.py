@@ -86,8 +86,21 @@ def test_fit_refuses_bad_data_then_drops_it_and_trains_a_fold(demo, tmp_path):
     )
     refused = run("fit", recipe, "--fold", 1, "--out", tmp_path / "runs", code=2)
     assert f"annotation {bad_id} " in refused.output and "drop_bad_annotations" in refused.output
-    result = run("fit", recipe, "--fold", 1, "--set", "data.drop_bad_annotations=true", "--out", tmp_path / "runs")
+    result = run(
+        "fit",
+        recipe,
+        "--fold",
+        1,
+        "--set",
+        "data.drop_bad_annotations=true",
+        "--set",
+        "loss.class_weight_scheme=sqrt",
+        "--out",
+        tmp_path / "runs",
+    )
     assert f"annotation {bad_id} " in result.output
     resolved = json.loads(((tmp_path / "runs" / "r" / "latest") / "resolved.json").read_text())
     assert resolved["data"]["fold"] == 1 and resolved["data_sources"]["valid"].endswith("fold1/val.json")
     assert len(resolved["dropped"]) == 1
+    weights = resolved["class_weights"]  # computed from the fold's training masks: background is the most common
+    assert len(weights) == len(resolved["classes"]) and weights[0] == min(w for w in weights if w > 0)
