@@ -18,14 +18,14 @@ def test_ce_matches_torch_with_class_weights_and_ignore_index():
     logits, target = batch()
     target[0, :2] = 255
     weights = [0.5, 1.0, 2.0, 3.0]
-    ours = SegmentationLoss(ce=1.0, class_weights=weights)(logits, target)
+    ours = SegmentationLoss(terms={"ce": 1.0}, class_weights=weights)(logits, target)
     ref = F.cross_entropy(logits, target, weight=torch.tensor(weights), ignore_index=255)
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
 def test_ignored_pixels_contribute_nothing():
     logits, target = batch(1)
-    loss = SegmentationLoss(ce=0.9, focal=0.1)
+    loss = SegmentationLoss(terms={"ce": 0.9, "focal": 0.1})
     changed = logits.clone()
     changed[0, :, :3] = 100 * torch.randn_like(changed[0, :, :3])
     ignored = target.clone()
@@ -36,7 +36,10 @@ def test_ignored_pixels_contribute_nothing():
 
 def test_focal_weighs_easy_pixels_less_than_ce():
     logits, target = batch(2)
-    ce, focal = SegmentationLoss(ce=1.0)(logits, target), SegmentationLoss(ce=0.0, focal=1.0)(logits, target)
+    ce, focal = (
+        SegmentationLoss(terms={"ce": 1.0})(logits, target),
+        SegmentationLoss(terms={"focal": 1.0})(logits, target),
+    )
     assert 0 < focal < ce
 
 
