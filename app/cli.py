@@ -84,18 +84,28 @@ def fit(
     set_: SetOption = None,
     out: OutOption = Path("runs"),
     fold: Annotated[
-        int | None, typer.Option(help="Fold of the recipe's data.split to train (same as --set data.fold=K)")
+        str | None, typer.Option(help="Fold K of the recipe's data.split (same as --set data.fold=K), or 'all'")
     ] = None,
+    debug: Annotated[bool, typer.Option(help="Dry run: 10% of the images, one epoch (before every long run)")] = False,
 ):
-    """Train RECIPE; write recipe copy, resolved values, history.csv, best model, export.pkl and metrics.json.
+    """Train RECIPE; write recipe copy, resolved values, history.csv, best model, export.pkl, metrics and plots.
+
+    With --fold all, every fold of data.split is trained into one run group with an out-of-fold mIoU.
 
     Example: trash fit recipes/demo.py --set train.epochs=3 --set data.batch_size=4
     """
-    from app.train import fit as run_fit
+    from app import train
 
-    overrides = [*(set_ or []), *([f"data.fold={fold}"] if fold is not None else [])]
-    run = run_fit(recipe, overrides, out)
-    _print_run(run)
+    overrides = list(set_ or [])
+    if fold == "all":
+        group = train.fit_folds(recipe, overrides, out, debug)
+        _print_group(group)
+        return
+    if fold is not None:
+        if not fold.isdigit():
+            raise TrashError(f"--fold must be a fold number or 'all', got {fold!r}")
+        overrides.append(f"data.fold={fold}")
+    _print_run(train.fit(recipe, overrides, out, debug))
 
 
 @app.command("lr-find", short_help="Plot loss vs learning rate.  e.g. trash lr-find recipes/demo.py")
@@ -334,6 +344,74 @@ def _refuse_bad_data(report) -> None:
         )
 
 
+recipes_app = typer.Typer(help="The shipped recipes.", rich_markup_mode="rich")
+app.add_typer(recipes_app, name="recipes", short_help="List recipes / show resolved values.  e.g. trash recipes")
+
+
+@recipes_app.callback(invoke_without_command=True)
+def recipes_list(ctx: typer.Context, folder: Annotated[Path, typer.Option(help="Recipe folder")] = Path("recipes")):
+    """List the recipes in FOLDER with their one-line descriptions.
+
+    Example: trash recipes; trash recipes show recipes/unet_effb4.py
+    """
+    if ctx.invoked_subcommand:
+        return
+    from app.recipe import describe_recipes
+
+    for name, description in describe_recipes(folder):
+        typer.echo(f"{name:24s} {description}")
+
+
+@recipes_app.command("show")
+@friendly
+def recipes_show(recipe: Annotated[Path, typer.Argument(help="Recipe file")], set_: SetOption = None):
+    """Print every resolved value of RECIPE (defaults included) as JSON.
+
+    Example: trash recipes show recipes/unet_effb4.py --set train.lr=3e-4
+    """
+    import json
+
+    from app.recipe import load_recipe
+
+    typer.echo(json.dumps(load_recipe(recipe, set_ or [], check_files=False).to_dict(), indent=2))
+
+
+@app.command(short_help="Table of runs: recipe, fold, data, mIoU, epochs, time.  e.g. trash runs --sort miou")
+@friendly
+def runs(
+    folder: Annotated[Path, typer.Argument(help="Folder holding run directories")] = Path("runs"),
+    sort: Annotated[
+        str, typer.Option(help="Column to sort by: recipe, fold, miou, epochs, seconds, data, run")
+    ] = "miou",
+):
+    """The experiment log: one row per finished run under FOLDER, best first.
+
+    Example: trash runs runs --sort seconds
+    """
+    from app.runs import RUN_COLUMNS, list_runs, sort_runs
+
+    rows = sort_runs(list_runs(folder), sort)
+    typer.echo("  ".join(f"{c:>8s}" if c in ("fold", "miou", "epochs", "seconds") else f"{c:16s}" for c in RUN_COLUMNS))
+    for r in rows:
+        miou = "-" if r["miou"] is None else f"{r['miou']:.4f}"
+        typer.echo(
+            f"{r['recipe'][:16]:16s}  {r['fold']:>8}  {miou:>8s}  {str(r['epochs']):>8s}  "
+            f"{str(r['seconds']):>8s}  {r['data'][:16]:16s}  {r['run']}"
+        )
+    if not rows:
+        typer.echo(f"no finished runs under {folder}")
+
+
+def _print_group(group: Path) -> None:
+    import json
+
+    summary = json.loads((group / "summary.json").read_text())
+    for name, miou in summary["folds"].items():
+        typer.echo(f"{name:10s} validation mIoU {miou:.4f}  ({group / name})")
+    typer.echo(f"out-of-fold mIoU {summary['oof']['miou']:.4f}  (mean of folds {summary['mean_fold_miou']:.4f})")
+    typer.echo(f"group      {group}")
+
+
 def _print_run(run: Path) -> None:
     import json
 
@@ -344,7 +422,7 @@ def _print_run(run: Path) -> None:
     typer.echo(f"run        {run}")
     typer.echo(f"model      {run / 'export.pkl'}")
     typer.echo(f"metrics    {run / 'metrics.json'}  (validation mIoU {metrics['miou']:.4f})")
-    typer.echo(f"history    {run / 'history.csv'}")
+    typer.echo(f"history    {run / 'history.csv'}  (plots: curves.png, confusion.png)")
 
 
 def main() -> None:

@@ -20,8 +20,12 @@ def evaluate_items(
     batch_size: int = 8,
     ignore_index: int = 255,
     progress=None,
+    on_prediction=None,
 ) -> dict:
-    """mIoU from one confusion matrix accumulated over all (image, mask PNG) items, plus per-class IoU."""
+    """mIoU from one confusion matrix accumulated over all (image, mask PNG) items, plus per-class IoU.
+
+    `on_prediction(pred)`, when given, sees every Prediction (e.g. to keep out-of-fold probabilities).
+    """
     n = len(codes)
     cm = torch.zeros(n, n, dtype=torch.int64)
     truth = dict((str(img), mask) for img, mask in items)
@@ -29,6 +33,8 @@ def evaluate_items(
     for pred in progress(stream, total=len(items)) if progress else stream:
         target = torch.from_numpy(cv2.imread(str(truth[pred.image_id]), cv2.IMREAD_UNCHANGED).astype(np.int64))
         cm += confusion_matrix(pred.probs.argmax(0), target, n, ignore_index)
+        if on_prediction:
+            on_prediction(pred)
     report = iou_report(cm.numpy(), codes)
     report.update(images=len(items), tta=tta, confusion_matrix=cm.tolist())
     return report

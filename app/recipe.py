@@ -39,37 +39,68 @@ class Data:
     mosaic: float = 0.0  # probability that a training image is replaced by a 4-image mosaic
     sampler: str = "uniform"  # uniform | balanced (oversample images that contain rare classes)
     mask_cache: str = ""  # folder for rasterized masks; "" = ~/.cache/trash/masks
+    fraction: float = 1.0  # seeded share of the images used (train and valid); `--debug` sets 0.1
 
 
 @dataclass(frozen=True)
 class Model:
-    arch: str = "unet"  # fastai DynamicUnet around a timm encoder
-    encoder: str = "resnet18"  # any timm CNN name with feature_info
+    arch: str = "unet"  # unet (fastai DynamicUnet) | deeplabv3plus | fpn | unetplusplus | upernet | segformer (smp)
+    encoder: str = "resnet18"  # any timm model with features_only support
     pretrained: bool = False  # timm weights (local cache or hub); fails clearly offline
-    weights: str = ""  # local encoder weights file (.safetensors/.pth); implies pretrained
+    weights: str = ""  # local encoder weights file (.safetensors/.pth, timm or torchvision names); implies pretrained
+    norm: str = "batch"  # batch | group (small micro-batches) | frozen_bn (pretrained statistics kept)
     blur: bool = False  # DynamicUnet: blur after pixel shuffle (fewer checkerboard artefacts)
     self_attention: bool = False  # DynamicUnet: self-attention in the third-to-last decoder block
     last_cross: bool = True  # DynamicUnet: full-resolution ResBlock over decoder output + input image
     bottle: bool = False  # DynamicUnet: bottleneck in that last ResBlock
+    freeze_epochs: int = 0  # pretrained encoders: epochs with the encoder frozen before unfreezing everything
+    encoder_lr_div: float = 10.0  # after unfreezing, the encoder trains at lr / this (discriminative lrs)
 
 
 @dataclass(frozen=True)
 class Loss:
-    ce: float = 1.0  # weight of cross-entropy in the sum
-    focal: float = 0.0  # weight of focal loss in the sum (0.9 CE + 0.1 focal was the teams' best)
+    # Weights of the terms of a weighted sum (0 = term off). 0.9 CE + 0.1 focal was the teams' best;
+    # focal alone collapsed.
+    ce: float = 1.0
+    focal: float = 0.0
+    dice: float = 0.0
+    tversky: float = 0.0
+    lovasz: float = 0.0
+    iou: float = 0.0
     focal_gamma: float = 2.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    tversky_alpha: float = 0.5  # false-positive weight (0.3/0.7 favours recall of small objects)
+    tversky_beta: float = 0.5  # false-negative weight
     class_weights: tuple[float, ...] = ()  # one per class, background first; () = all 1
     class_weight_scheme: str = ""  # or computed from training pixel shares: inverse | log | sqrt
+    adaptive_class_weights: bool = False  # re-weigh classes each epoch from validation IoU (harder = heavier)
     ignore_index: int = 255  # mask value that contributes no loss (unlabelled / unconfident pixels)
+
+    def terms(self) -> dict[str, float]:
+        """The non-zero terms of the weighted sum, by name."""
+        return {name: getattr(self, name) for name in LOSS_TERMS if getattr(self, name)}
 
 
 @dataclass(frozen=True)
 class Train:
     epochs: int = 10
-    lr: float = 1e-3  # max learning rate of the one-cycle schedule
+    lr: float = 1e-3  # peak learning rate of the schedule
     wd: float = 1e-2  # weight decay
+    optimizer: str = "adamw"  # adam | adamw | sgd | radam | ranger | lookahead_adam | adamp (app/optim.py)
+    schedule: str = "one_cycle"  # one_cycle | flat_cos | warmup_cosine | step | plateau (app/schedule.py)
+    warmup_pct: float = 0.1  # warmup_cosine: share of training spent warming up
+    step_epochs: tuple[int, ...] = ()  # step: epochs at which the lr is multiplied by step_gamma
+    step_gamma: float = 0.1
+    plateau_patience: int = 2  # plateau: epochs without validation improvement before the lr drops
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (fp16 on CUDA, bf16 autocast on CPU)
+    channels_last: bool = False  # NHWC memory layout (pays off with bf16 on CPU and with fp16 on GPU)
     effective_batch: int = 0  # gradient accumulation up to this many samples per step; 0 = batch_size
+    averaging: str = "none"  # none | ema | swa: weights averaged over training replace the last ones
+    ema_decay: float = 0.999
+    swa_start: float = 0.75  # swa: fraction of the epochs after which weights are averaged (once per epoch)
+    top_k: int = 0  # keep the k best epochs' weights (models/epoch_<n>.pth) for an epoch ensemble
+    cutmix: float = 0.0  # probability per batch of segmentation CutMix (a box of image and mask from another sample)
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
     seed: int = 42
 
 
@@ -92,7 +123,12 @@ class Recipe:
 
 SECTIONS = {"data": Data, "model": Model, "loss": Loss, "train": Train}
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+LOSS_TERMS = ("ce", "focal", "dice", "tversky", "lovasz", "iou")
+OPTIMIZERS = ("adam", "adamw", "sgd", "radam", "ranger", "lookahead_adam", "adamp")
+SCHEDULES = ("one_cycle", "flat_cos", "warmup_cosine", "step", "plateau")
+AVERAGING = ("none", "ema", "swa")
 SAMPLERS = ("uniform", "balanced")
+NORMS = ("batch", "group", "frozen_bn")
 PATH_KEYS = (
     "data.annotations",
     "data.images",
@@ -280,16 +316,28 @@ def check_recipe(recipe: Recipe, check_files: bool = True) -> list[str]:
 
     if d.augment not in PRESETS:
         errors.append(f"'data.augment' is {d.augment!r}{_suggest(d.augment, PRESETS)}; presets: {', '.join(PRESETS)}")
-    if recipe.model.arch != "unet":
-        errors.append(f"'model.arch' is {recipe.model.arch!r}; available: 'unet'")
+    if recipe.model.norm not in NORMS:
+        errors.append(f"'model.norm' is {recipe.model.norm!r}; choose one of {', '.join(NORMS)}")
     if t.precision not in PRECISIONS:
         errors.append(f"'train.precision' is {t.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if t.epochs < 1 or t.lr <= 0:
         errors.append(f"'train.epochs' must be >= 1 and 'train.lr' > 0, got {t.epochs} and {t.lr}")
     if t.effective_batch and t.effective_batch < d.batch_size:
         errors.append(f"'train.effective_batch' ({t.effective_batch}) is below 'data.batch_size' ({d.batch_size})")
-    if recipe.loss.ce < 0 or recipe.loss.focal < 0 or recipe.loss.ce + recipe.loss.focal == 0:
-        errors.append("'loss.ce' and 'loss.focal' must be >= 0 and not both 0")
+    weights = [getattr(recipe.loss, name) for name in LOSS_TERMS]
+    if min(weights) < 0 or sum(weights) == 0:
+        errors.append(f"loss term weights ({', '.join('loss.' + n for n in LOSS_TERMS)}) must be >= 0, not all 0")
+    for key, value, choices in (
+        ("train.optimizer", t.optimizer, OPTIMIZERS),
+        ("train.schedule", t.schedule, SCHEDULES),
+        ("train.averaging", t.averaging, AVERAGING),
+    ):
+        if value not in choices:
+            errors.append(f"'{key}' is {value!r}{_suggest(value, choices)}; choose one of {', '.join(choices)}")
+    if not 0 < d.fraction <= 1 or not 0 <= t.cutmix <= 1 or not 0 <= t.swa_start < 1:
+        errors.append("'data.fraction' must be in (0, 1], 'train.cutmix' in [0, 1], 'train.swa_start' in [0, 1)")
+    if t.top_k < 0:
+        errors.append(f"'train.top_k' must be >= 0, got {t.top_k}")
     return errors
 
 
@@ -325,3 +373,14 @@ def recipe_from_dict(values: dict) -> Recipe:
     if recipe is None:
         raise TrashError("; ".join(errors))
     return dataclasses.replace(recipe, name=values.get("name", "recipe"), description=values.get("description", ""))
+
+
+def describe_recipes(folder: str | Path = "recipes") -> list[tuple[str, str]]:
+    """(file name, one-line description) of every recipe file in `folder`; unloadable ones say why."""
+    found = []
+    for path in sorted(Path(folder).glob("*.py")):
+        try:
+            found.append((path.name, load_recipe(path, check_files=False).description))
+        except TrashError as e:
+            found.append((path.name, f"(invalid: {str(e).splitlines()[0]})"))
+    return found

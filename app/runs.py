@@ -81,3 +81,42 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "missing"
     return found
+
+
+RUN_COLUMNS = ("recipe", "fold", "miou", "epochs", "seconds", "data", "run")
+
+
+def list_runs(root: str | Path = "runs") -> list[dict]:
+    """One row per finished run under `root` (a run is a folder with metrics.json): the experiment log."""
+    rows = []
+    for metrics_file in sorted(Path(root).rglob("metrics.json")):
+        if metrics_file.parent.name == "latest" or metrics_file.parent.is_symlink():
+            continue
+        try:
+            m = json.loads(metrics_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a run being written or damaged: not part of the log
+        rows.append(
+            {
+                "recipe": m.get("recipe", "?"),
+                "fold": m.get("fold", -1),
+                "miou": m.get("miou"),
+                "epochs": m.get("epochs"),
+                "seconds": m.get("train_seconds"),
+                "data": m.get("data_fingerprint", ""),
+                "run": str(metrics_file.parent),
+            }
+        )
+    return rows
+
+
+def sort_runs(rows: list[dict], key: str) -> list[dict]:
+    """Sorted by `key`; scores and numbers descending (best first), text ascending."""
+    from app.errors import TrashError
+
+    if key not in RUN_COLUMNS:
+        raise TrashError(f"cannot sort runs by {key!r}; columns: {', '.join(RUN_COLUMNS)}")
+    numeric = key in ("miou", "epochs", "seconds", "fold")
+    present = [r for r in rows if r[key] is not None]
+    missing = [r for r in rows if r[key] is None]
+    return sorted(present, key=lambda r: r[key], reverse=numeric) + missing

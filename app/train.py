@@ -1,5 +1,8 @@
-"""`trash fit` and `trash lr-find`: recipe → run directory with history, best model, export and metrics."""
+"""`trash fit` and `trash lr-find`: recipe → run directory with history, best model, export, metrics and plots."""
 
+import csv
+import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -11,24 +14,36 @@ from fastprogress.fastprogress import progress_bar
 from app.callbacks import HistoryCSV
 from app.data import forget_training_items, load_items, make_dls
 from app.evaluate import evaluate_items
-from app.learner import build_learner
+from app.learner import build_learner, strip_training_callbacks
 from app.models import check_encoder, count_parameters
 from app.recipe import Recipe, load_recipe, resolve_paths
 from app.runs import EXPORT, copy_recipe, create_run_dir, package_versions, write_json
 
+DEBUG_FRACTION = 0.1  # `--debug`: this share of the images, one epoch, before every long run
 
-def prepare(recipe_file: str | Path, overrides=(), out: str | Path = "runs", suffix: str = ""):
+
+def debug_recipe(recipe: Recipe) -> Recipe:
+    """A quick dry run of a recipe: 10% of the data, one epoch at the first stage's size."""
+    data = dataclasses.replace(
+        recipe.data, fraction=min(recipe.data.fraction, DEBUG_FRACTION), stages=(), size=recipe.stages()[0][0]
+    )
+    return dataclasses.replace(recipe, data=data, train=dataclasses.replace(recipe.train, epochs=1))
+
+
+def prepare(recipe_file, overrides=(), out="runs", suffix="", debug=False, run_dir: Path | None = None):
     """Validates the recipe, checks and prepares the data, creates the run directory and the Learner.
 
     Returns:
-        (recipe, items, learn): `learn.path` is the new run directory, which already holds the recipe
-        copy and resolved.json.
+        (recipe, items, learn): `learn.path` is the run directory, which already holds the recipe copy and
+        resolved.json.
     """
     recipe = resolve_paths(load_recipe(recipe_file, overrides))
+    recipe = debug_recipe(recipe) if debug else recipe
     check_encoder(recipe.model.encoder)  # fail on a typo before rasterizing anything
     items = load_items(recipe, progress=progress_bar)
     set_seed(recipe.train.seed, reproducible=True)
-    run = create_run_dir(out, recipe.name, suffix)
+    run = run_dir or create_run_dir(out, recipe.name, suffix + ("-debug" if debug else ""))
+    run.mkdir(parents=True, exist_ok=True)
     learn = build_learner(recipe, items, run)
     copy_recipe(recipe_file, run)
     weights = learn.loss_func.class_weights
@@ -37,6 +52,7 @@ def prepare(recipe_file: str | Path, overrides=(), out: str | Path = "runs", suf
         {
             **recipe.to_dict(),
             "overrides": list(overrides),
+            "debug": debug,
             "classes": items.codes,
             "class_weights": None if weights is None else [round(float(w), 6) for w in weights],
             "data_sources": items.sources,
@@ -49,26 +65,44 @@ def prepare(recipe_file: str | Path, overrides=(), out: str | Path = "runs", suf
     return recipe, items, learn
 
 
-def fit(recipe_file: str | Path, overrides=(), out: str | Path = "runs") -> Path:
+def fit(
+    recipe_file: str | Path, overrides=(), out: str | Path = "runs", debug: bool = False, run_dir: Path | None = None
+) -> Path:
     """Trains a recipe through its progressive-resizing stages and writes a self-contained run directory.
 
     Returns:
-        The run directory (history.csv, models/best.pth, export.pkl, metrics.json, recipe.py, resolved.json).
+        The run directory (recipe.py, resolved.json, history.csv, models/, export.pkl, metrics.json, plots).
     """
+    from app import schedule
+
     started = time.time()
-    recipe, items, learn = prepare(recipe_file, overrides, out)
-    run = learn.path
+    recipe, items, learn = prepare(recipe_file, overrides, out, debug=debug, run_dir=run_dir)
+    run, t = learn.path, recipe.train
+    averaged = t.averaging != "none"
     done = 0
     for stage, (size, epochs) in enumerate(recipe.stages()):
         if stage:  # progressive resizing: same model, new loaders at the next size
             learn.dls = make_dls(items, recipe, size, *learn.trash_norm)
-        # The best epoch by validation mIoU (NaN never compares greater) is reloaded at the end of each stage.
-        cbs = [
-            SaveModelCallback(monitor="miou", comp=np.greater, fname="best"),
-            HistoryCSV(run / "history.csv", stage, size, done),
-        ]
-        learn.fit_one_cycle(epochs, recipe.train.lr, cbs=cbs)
+        # The best epoch by validation mIoU (NaN never compares greater) is reloaded at the end of each stage,
+        # unless weights are averaged: then the averaged weights are the result.
+        for cb in learn.cbs:  # epoch numbers in checkpoints and logs run on across stages
+            if hasattr(cb, "epoch_offset"):
+                cb.epoch_offset = done
+        best = SaveModelCallback(monitor="miou", comp=np.greater, fname="best", at_end=averaged)
+        cbs = [best, HistoryCSV(run / "history.csv", stage, size, done)]
+        schedule.fit(
+            learn,
+            t.schedule,
+            epochs,
+            t.lr,
+            cbs=cbs,
+            warmup_pct=t.warmup_pct,
+            step_epochs=t.step_epochs,
+            step_gamma=t.step_gamma,
+            plateau_patience=t.plateau_patience,
+        )
         done += epochs
+    strip_training_callbacks(learn)
     forget_training_items(learn.dls)
     learn.export(EXPORT)  # relative to learn.path, the run directory
     write_metrics(learn, recipe, items, run, time.time() - started)
@@ -76,21 +110,81 @@ def fit(recipe_file: str | Path, overrides=(), out: str | Path = "runs") -> Path
 
 
 def write_metrics(learn, recipe: Recipe, items, run: Path, seconds: float) -> dict:
-    """metrics.json: the exported model's mIoU on the validation images at their original size."""
-    report = evaluate_items([learn], items.valid, items.codes, ignore_index=recipe.loss.ignore_index)
-    history = [line.split(",") for line in (run / "history.csv").read_text().splitlines()]
-    header, rows = history[0], history[1:]
-    last_stage = [r for r in rows if r[header.index("stage")] == rows[-1][header.index("stage")]]
-    best = max(last_stage, key=lambda r: float(r[header.index("miou")]))
+    """metrics.json, out-of-fold probabilities and plots: the exported model on the validation images."""
+    import torch.nn.functional as F
+
+    from app.plots import plot_confusion, plot_history
+
+    size = recipe.stages()[-1][0]
+    oof = {}
+
+    def keep(pred):  # compact out-of-fold probabilities at the training size, for ensembling later
+        oof[pred.image_id] = F.interpolate(pred.probs[None], size=(size, size), mode="area")[0].half().numpy()
+
+    report = evaluate_items(
+        [learn], items.valid, items.codes, ignore_index=recipe.loss.ignore_index, on_prediction=keep
+    )
+    np.savez_compressed(run / "oof.npz", image=np.array(list(oof)), probs=np.stack(list(oof.values())))
+    with (run / "history.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    last_stage = [r for r in rows if r["stage"] == rows[-1]["stage"]]
+    best = max(last_stage, key=lambda r: _score(r["miou"]))
     report.update(
-        best_epoch=int(best[header.index("epoch")]),
-        best_valid_miou_at_train_size=float(best[header.index("miou")]),
+        best_epoch=int(best["epoch"]),
+        best_valid_miou_at_train_size=_score(best["miou"]),
+        epochs=len(rows),
         train_seconds=round(seconds, 1),
         parameters=count_parameters(learn.model),
         recipe=recipe.name,
+        fold=recipe.data.fold,
+        data_fingerprint=_fingerprint(items),
     )
     write_json(run / "metrics.json", report)
+    plot_history(run / "history.csv", run / "curves.png")
+    plot_confusion(report["confusion_matrix"], items.codes, run / "confusion.png")
     return report
+
+
+def _score(value: str) -> float:
+    try:
+        value = float(value)
+    except ValueError:
+        return float("-inf")
+    return value if np.isfinite(value) else float("-inf")
+
+
+def _fingerprint(items) -> str:
+    return hashlib.sha256(repr(sorted(items.fingerprints.items())).encode()).hexdigest()[:16]
+
+
+def fit_folds(recipe_file: str | Path, overrides=(), out: str | Path = "runs", debug: bool = False) -> Path:
+    """Trains every fold of the recipe's data.split into one run group `<out>/<recipe>/<time>-folds/fold<k>/`.
+
+    The group's summary.json has each fold's mIoU and the out-of-fold mIoU from the summed confusion matrices.
+    """
+    from app.errors import TrashError
+    from app.metrics import iou_report
+
+    recipe = load_recipe(recipe_file, [*overrides, "data.fold=0"])
+    folds = sorted(Path(recipe.data.split).glob("fold*/train.json")) if recipe.data.split else []
+    if not folds:
+        raise TrashError(f"recipe {recipe_file}: --fold all needs data.split, a folder made by `trash data split`")
+    group = create_run_dir(out, recipe.name, "-folds" + ("-debug" if debug else ""))
+    runs = []
+    for k in range(len(folds)):
+        runs.append(fit(recipe_file, [*overrides, f"data.fold={k}"], debug=debug, run_dir=group / f"fold{k}"))
+    import json
+
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    cm = np.sum([np.array(m["confusion_matrix"]) for m in metrics], axis=0)
+    summary = {
+        "recipe": recipe.name,
+        "folds": {r.name: m["miou"] for r, m in zip(runs, metrics)},
+        "mean_fold_miou": float(np.mean([m["miou"] for m in metrics])),
+        "oof": iou_report(cm, json.loads((runs[0] / "resolved.json").read_text())["classes"]),
+    }
+    write_json(group / "summary.json", summary)
+    return group
 
 
 def lr_find(recipe_file: str | Path, overrides=(), out: str | Path = "runs", iters: int = 100) -> tuple[Path, dict]:
@@ -106,6 +200,7 @@ def lr_find(recipe_file: str | Path, overrides=(), out: str | Path = "runs", ite
 
     recipe, items, learn = prepare(recipe_file, overrides, out, suffix="-lr_find")
     run = learn.path
+    strip_training_callbacks(learn)
     found = learn.lr_find(num_it=iters, suggest_funcs=(minimum, steep, valley), show_plot=True)
     plt.gcf().savefig(run / "lr_find.png", dpi=110, bbox_inches="tight")
     plt.close("all")
