@@ -138,3 +138,28 @@ def test_recipes_command_lists_and_shows(tmp_path):
     assert "demo.py" in listing and "unet_effb4.py" in listing
     shown = runner.invoke(app, ["recipes", "show", str(REPO / "recipes" / "unet_effb4.py"), "--set", "train.lr=0.01"])
     assert json.loads(shown.output)["train"]["lr"] == 0.01
+
+
+def test_recipe_switches_on_averaging_topk_cutmix_and_adaptive_weights(demo, tmp_path):
+    recipe = write_recipe(
+        tmp_path / "r.py",
+        demo,
+        train={
+            "averaging": "swa",
+            "swa_start": 0.5,
+            "top_k": 2,
+            "cutmix": 0.5,
+            "optimizer": "ranger",
+            "schedule": "flat_cos",
+        },
+        loss={"adaptive_class_weights": True, "dice": 0.5},
+    )
+    run = fit(recipe, out=tmp_path / "runs")
+    topk = json.loads((run / "models" / "topk.json").read_text())
+    assert len(topk) == 2 and all((run / "models" / t["file"]).is_file() for t in topk)
+    assert len((run / "class_weights.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    from app.predict import load_learners
+
+    learn = load_learners([run])[0]  # the export carries none of the training-only callbacks
+    names = {type(cb).__name__ for cb in learn.cbs}
+    assert not names & {"SWA", "ModelEMA", "TopKCheckpoints", "SegCutMix", "AdaptiveClassWeights"}
