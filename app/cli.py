@@ -344,6 +344,31 @@ def _refuse_bad_data(report) -> None:
         )
 
 
+@app.command(short_help="Architectures and encoders with params and GFLOPs.  e.g. trash models --arch fpn")
+@friendly
+def models(
+    arch: Annotated[str, typer.Option(help="Architecture whose size and GFLOPs to count")] = "unet",
+    encoder: Annotated[list[str] | None, typer.Option(help="Encoder(s) to list instead of the curated ones")] = None,
+    quick: Annotated[bool, typer.Option(help="Names and encoder parameters only (no GFLOPs)")] = False,
+):
+    """List the registered architectures and encoders known to work, with parameters and forward GFLOPs.
+
+    Any timm model with features_only support can be named in model.encoder; these are the tested ones.
+
+    Example: trash models --arch deeplabv3plus --encoder resnet50 --encoder efficientnet_b4
+    """
+    from app.models import ARCHS, model_table
+
+    typer.echo(f"architectures: {', '.join(ARCHS)}")
+    rows = model_table(encoder or None, quick=quick, arch=arch)
+    typer.echo(f"{'encoder':32s} {'enc M':>7s} {arch + ' M':>10s} {'GFLOP@256':>10s} {'GFLOP@512':>10s}  archs")
+    for r in rows:
+        typer.echo(
+            f"{r['encoder'][:32]:32s} {r['encoder_params_m']:7.1f} {r.get('params_m', '-'):>10} "
+            f"{r.get('gflops_256', '-'):>10} {r.get('gflops_512', '-'):>10}  {', '.join(r['archs'])}"
+        )
+
+
 recipes_app = typer.Typer(help="The shipped recipes.", rich_markup_mode="rich")
 app.add_typer(recipes_app, name="recipes", short_help="List recipes / show resolved values.  e.g. trash recipes")
 

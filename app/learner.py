@@ -12,7 +12,7 @@ from app.data import Items, make_dls
 from app.errors import TrashError
 from app.losses import SegmentationLoss
 from app.metrics import MeanIoU
-from app.models import build_model, unet_splitter
+from app.models import build_model, model_splitter
 from app.optim import opt_func
 from app.recipe import Recipe
 
@@ -52,7 +52,7 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
         loss_func=build_loss(recipe, items),
         opt_func=opt_func(recipe.train.optimizer),
         metrics=[MeanIoU(n_classes, recipe.loss.ignore_index)],
-        splitter=unet_splitter,
+        splitter=model_splitter,  # [encoder, decoder]: freezing and discriminative lrs for every arch
         wd=recipe.train.wd,
         path=run_dir,
         model_dir="models",

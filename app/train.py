@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import hashlib
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from app.callbacks import HistoryCSV
 from app.data import forget_training_items, load_items, make_dls
 from app.evaluate import evaluate_items
 from app.learner import build_learner, strip_training_callbacks
-from app.models import check_encoder, count_parameters
+from app.models import check_model, count_parameters, norm_warning
 from app.recipe import Recipe, load_recipe, resolve_paths
 from app.runs import EXPORT, copy_recipe, create_run_dir, package_versions, write_json
 
@@ -39,7 +40,11 @@ def prepare(recipe_file, overrides=(), out="runs", suffix="", debug=False, run_d
     """
     recipe = resolve_paths(load_recipe(recipe_file, overrides))
     recipe = debug_recipe(recipe) if debug else recipe
-    check_encoder(recipe.model.encoder)  # fail on a typo before rasterizing anything
+    # Fail on a typo or an impossible size before rasterizing anything.
+    check_model(recipe.model, [size for size, _ in recipe.stages()])
+    notes = [n for n in [norm_warning(recipe.data.batch_size, recipe.train.effective_batch, recipe.model.norm)] if n]
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     items = load_items(recipe, progress=progress_bar)
     set_seed(recipe.train.seed, reproducible=True)
     run = run_dir or create_run_dir(out, recipe.name, suffix + ("-debug" if debug else ""))
@@ -58,6 +63,7 @@ def prepare(recipe_file, overrides=(), out="runs", suffix="", debug=False, run_d
             "data_sources": items.sources,
             "data_fingerprints": items.fingerprints,
             "dropped": items.dropped,
+            "warnings": notes,
             "images": {"train": len(items.train), "valid": len(items.valid)},
             "versions": package_versions(),
         },
@@ -79,7 +85,10 @@ def fit(
     recipe, items, learn = prepare(recipe_file, overrides, out, debug=debug, run_dir=run_dir)
     run, t = learn.path, recipe.train
     averaged = t.averaging != "none"
-    done = 0
+    lr = t.lr
+    done = freeze_phase(learn, recipe, run)
+    if done:  # after the frozen epochs the encoder trains at lr / encoder_lr_div (discriminative lrs)
+        lr = slice(t.lr / recipe.model.encoder_lr_div, t.lr)
     for stage, (size, epochs) in enumerate(recipe.stages()):
         if stage:  # progressive resizing: same model, new loaders at the next size
             learn.dls = make_dls(items, recipe, size, *learn.trash_norm)
@@ -94,7 +103,7 @@ def fit(
             learn,
             t.schedule,
             epochs,
-            t.lr,
+            lr,
             cbs=cbs,
             warmup_pct=t.warmup_pct,
             step_epochs=t.step_epochs,
@@ -107,6 +116,24 @@ def fit(
     learn.export(EXPORT)  # relative to learn.path, the run directory
     write_metrics(learn, recipe, items, run, time.time() - started)
     return run
+
+
+def freeze_phase(learn, recipe: Recipe, run: Path) -> int:
+    """fastai's fine_tune idea for pretrained encoders: `model.freeze_epochs` with only the decoder training.
+
+    Returns:
+        The number of epochs trained (0 when there is no freeze phase).
+    """
+    epochs = recipe.model.freeze_epochs
+    if not epochs or not (recipe.model.pretrained or recipe.model.weights):
+        return 0
+    learn.freeze()
+    best = SaveModelCallback(monitor="miou", comp=np.greater, fname="best")
+    learn.fit_one_cycle(
+        epochs, recipe.train.lr, cbs=[best, HistoryCSV(run / "history.csv", -1, recipe.stages()[0][0], 0)]
+    )
+    learn.unfreeze()
+    return epochs
 
 
 def write_metrics(learn, recipe: Recipe, items, run: Path, seconds: float) -> dict:
