@@ -59,54 +59,40 @@ def _flips():
     return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
 
 
-def _affine(shift: float, scale: float, rotate: float, p: float):
-    """Shift/scale/rotate (ShiftScaleRotate's replacement); exposed borders are image 0, mask background."""
-    import albumentations as A
+def _aligned() -> dict:
+    """Arguments every warp shares: bilinear image, nearest mask, exposed borders image 0 / mask background."""
     import cv2
 
-    return A.Affine(
-        translate_percent=(-shift, shift),
-        scale=(1 - scale, 1 + scale),
-        rotate=(-rotate, rotate),
+    return dict(
         interpolation=cv2.INTER_LINEAR,
         mask_interpolation=cv2.INTER_NEAREST,
         border_mode=cv2.BORDER_CONSTANT,
         fill=0,
         fill_mask=0,
-        p=p,
+    )
+
+
+def _affine(shift: float, scale: float, rotate: float, p: float):
+    """Shift/scale/rotate (ShiftScaleRotate's replacement); exposed borders are image 0, mask background."""
+    import albumentations as A
+
+    return A.Affine(
+        translate_percent=(-shift, shift), scale=(1 - scale, 1 + scale), rotate=(-rotate, rotate), p=p, **_aligned()
     )
 
 
 def _elastic(alpha: float, sigma: float, p: float = 1.0):
     """Elastic deformation (albumentations 2: displacement = alpha * blurred normalised noise, in pixels)."""
     import albumentations as A
-    import cv2
 
-    return A.ElasticTransform(
-        alpha=alpha,
-        sigma=sigma,
-        interpolation=cv2.INTER_LINEAR,
-        mask_interpolation=cv2.INTER_NEAREST,
-        border_mode=cv2.BORDER_CONSTANT,
-        fill=0,
-        fill_mask=0,
-        p=p,
-    )
+    return A.ElasticTransform(alpha=alpha, sigma=sigma, p=p, **_aligned())
 
 
 def _distortions(p: float):
     """One of elastic, grid and optical distortion, all with nearest masks and background borders."""
     import albumentations as A
-    import cv2
 
-    border = dict(
-        interpolation=cv2.INTER_LINEAR,
-        mask_interpolation=cv2.INTER_NEAREST,
-        border_mode=cv2.BORDER_CONSTANT,
-        fill=0,
-        fill_mask=0,
-        p=1.0,
-    )
+    border = dict(p=1.0, **_aligned())
     return A.OneOf(
         [
             _elastic(alpha=120, sigma=6),
