@@ -58,6 +58,10 @@ ModelsArg = Annotated[
     ),
 ]
 TtaOption = Annotated[bool, typer.Option("--tta", help="Average flips (h, v, hv), each prediction un-flipped")]
+ViewsOption = Annotated[
+    str | None,
+    typer.Option(help="TTA views instead of flips: flip, d4 (8 dihedral), ms (scales 0.75/1/1.25), or e.g. d4+ms"),
+]
 
 
 @app.command("demo-data", short_help="Write the synthetic demo dataset.  e.g. trash demo-data data/demo")
@@ -136,6 +140,7 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for masks/ and submission.csv")],
     data: Annotated[Path | None, typer.Option(help="COCO json listing the images, in submission order")] = None,
     tta: TtaOption = False,
+    tta_views: ViewsOption = None,
     weights: Annotated[str | None, typer.Option(help="Comma-separated weight per model, e.g. 0.6,0.4")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 8,
 ):
@@ -148,7 +153,7 @@ def predict(
     from app.predict import predict as run_predict
 
     w = [float(v) for v in weights.split(",")] if weights else None
-    summary = run_predict(models, images, out, data, tta, w, batch_size, progress=progress_bar)
+    summary = run_predict(models, images, out, data, tta_views or tta, w, batch_size, progress=progress_bar)
     typer.echo(f"{summary['images']} images, TTA views: {', '.join(summary['tta'])}")
     typer.echo(f"masks      {summary['masks']}")
     typer.echo(f"submission {summary['submission']}")
@@ -163,6 +168,7 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="COCO json with ground-truth annotations")],
     images: Annotated[Path, typer.Option(help="Folder the json's file_names are relative to")],
     tta: TtaOption = False,
+    tta_views: ViewsOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON report here")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 8,
 ):
@@ -177,7 +183,7 @@ def evaluate(
     from app.evaluate import evaluate as run_evaluate
     from app.runs import write_json
 
-    report = run_evaluate(models, data, images, tta, batch_size, progress=progress_bar)
+    report = run_evaluate(models, data, images, tta_views or tta, batch_size, progress=progress_bar)
     if out:
         write_json(out, report)
     typer.echo(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}, indent=2))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from app.coco import load_coco
 from app.errors import TrashError
 from app.runs import find_export
-from app.tta import FLIPS, predict_probs
+from app.tta import parse_views, predict_probs
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SUBMISSION_SIZE = 256  # the competition's submission masks are 256x256
@@ -66,14 +66,14 @@ def list_images(images: str | Path, data: str | Path | None = None) -> list[tupl
 def stream_predictions(
     learners: list,
     images: list[tuple[str, Path]],
-    tta: bool = False,
+    tta: bool | str = False,
     weights: list[float] | None = None,
     batch_size: int = 8,
 ) -> Iterator[Prediction]:
     """Yields one Prediction per image, batch by batch, so memory does not grow with the image count."""
     from PIL import Image
 
-    views = FLIPS if tta else ("identity",)
+    spec = view_spec(tta)
     weights = weights or [1.0] * len(learners)
     if len(weights) != len(learners):
         raise TrashError(f"{len(weights)} weights for {len(learners)} models")
@@ -84,12 +84,20 @@ def stream_predictions(
         for learn, w in zip(learners, weights):
             learn.model.eval()
             x = learn.dls.test_dl([p for _, p in chunk], bs=len(chunk)).one_batch()[0]
+            views = parse_views(spec, multiple=getattr(learn.model, "trash_size_multiple", 32))
             probs = predict_probs(learn.model, x, views)
             for i, (h, w_) in enumerate(sizes):  # back to each image's own size before ensembling
                 p = F.interpolate(probs[i : i + 1], size=(h, w_), mode="bilinear", align_corners=False)[0] * w
                 total[i] = p if total[i] is None else total[i] + p
         for (image_id, path), p in zip(chunk, total):
             yield Prediction(image_id, path, (p / sum(weights)).cpu())
+
+
+def view_spec(tta: bool | str) -> str:
+    """TTA views as a parse_views spec: False = none, True = flips, or a spec such as "d4+ms"."""
+    if isinstance(tta, str):
+        return tta
+    return "flip" if tta else "identity"
 
 
 def submission_row(probs: torch.Tensor) -> str:
@@ -116,7 +124,7 @@ def predict(
     images: str | Path,
     out: str | Path,
     data: str | Path | None = None,
-    tta: bool = False,
+    tta: bool | str = False,
     weights: list[float] | None = None,
     batch_size: int = 8,
     progress=None,
@@ -148,6 +156,6 @@ def predict(
         "masks": str(masks),
         "submission": str(csv_path),
         "classes": learners[0].trash_classes,
-        "tta": list(FLIPS) if tta else ["identity"],
+        "tta": [v.name for v in parse_views(view_spec(tta))],
         "models": [str(find_export(m)) for m in models],
     }

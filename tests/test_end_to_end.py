@@ -153,3 +153,17 @@ def test_reference_recipe_runs_unchanged_on_the_documented_layout(tmp_path, monk
     resolved = json.loads((run / "resolved.json").read_text())
     assert resolved["loss"]["focal"] == 0.1 and resolved["data"]["augment"] == "medium"
     assert resolved["data"]["annotations"] == str(tmp_path / "data" / "train.json")
+
+
+def test_d4_tta_prediction_of_a_rotated_image_is_the_rotated_prediction(trained_run, demo, tmp_path):
+    first = json.loads(Path(demo["test"]).read_text())["images"][0]["file_name"]
+    image = cv2.imread(str(Path(demo["images"]) / first))
+    side = min(image.shape[:2])
+    image = np.ascontiguousarray(image[:side, :side])  # square, so a quarter turn keeps the size
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "orig.png"), image)
+    cv2.imwrite(str(tmp_path / "in" / "rotated.png"), np.rot90(image))
+    result = invoke("predict", trained_run, "--images", tmp_path / "in", "--tta-views", "d4", "--out", tmp_path / "o")
+    assert "rot90" in result.output
+    orig, rotated = (cv2.imread(str(tmp_path / "o" / "masks" / f"{n}.png"), -1) for n in ("orig", "rotated"))
+    assert (rotated == np.rot90(orig)).mean() > 0.999
