@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import hashlib
+import json
 import time
 import warnings
 from pathlib import Path
@@ -200,8 +201,6 @@ def fit_folds(recipe_file: str | Path, overrides=(), out: str | Path = "runs", d
     runs = []
     for k in range(len(folds)):
         runs.append(fit(recipe_file, [*overrides, f"data.fold={k}"], debug=debug, run_dir=group / f"fold{k}"))
-    import json
-
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
     cm = np.sum([np.array(m["confusion_matrix"]) for m in metrics], axis=0)
     summary = {
