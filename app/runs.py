@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from app.atomic import atomic_open, atomic_path
+
 EXPORT = "export.pkl"
 
 
@@ -32,24 +34,21 @@ def create_run_dir(out: str | Path, recipe_name: str, suffix: str = "") -> Path:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Writes json atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as f:
+    """Writes json atomically (temporary file in the same folder, fsync, rename; see app.atomic)."""
+    with atomic_open(path, "w") as f:
         json.dump(payload, f, indent=2, default=str)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def copy_recipe(recipe_file: str | Path, run: Path) -> None:
-    shutil.copy2(recipe_file, run / "recipe.py")
+    with atomic_path(run / "recipe.py") as tmp:
+        shutil.copy2(recipe_file, tmp)
 
 
 def find_export(model: str | Path) -> Path:
-    """Accepts an export file or a run directory (or a recipe's `latest` link) and returns the export path."""
+    """Accepts an export file (export.pkl, or the weights-only weights.pth) or a run directory (or a recipe's
+    `latest` link, meaning its export.pkl) and returns the export path."""
     from app.errors import TrashError
 
     path = Path(model)
