@@ -2,6 +2,8 @@
 
 - `CPUMixedPrecision`: bf16 autocast on CPU.
 - `HistoryCSV`: one row per epoch in history.csv across stages, with `iou_<class>` columns.
+- `BestModel`: fastai's SaveModelCallback, safe to resume (`fit(start_epoch=k)`) and written atomically.
+- `StopOnNonFinite`: a NaN/inf loss stops training with `TrainingDiverged` (exit code 3), never silently.
 - `ModelEMA`: timm EMA of the weights after each optimizer step; copied into the model after fit,
   optionally used for each epoch's validation.
 - `SWA`: torch SWA, one weight snapshot per epoch from `start_epoch`; BatchNorm statistics recomputed.
@@ -16,21 +18,21 @@ fastai's `Stateful` leaves out when a learner is exported: exports carry the cal
 copies of the weights. ModelEMA, SWA, TopKCheckpoints and AdaptiveClassWeights sit out `lr_find` and
 `get_preds`; the last three act only on epochs that both trained and validated, not on `learn.validate()`
 or the epochs `fit(start_epoch=k)` skips.
+
+Callbacks whose state a resumed run needs (ModelEMA, SWA, AdaptiveClassWeights) have `checkpoint_state()`
+and `load_checkpoint_state(state)`, which app/checkpoint.py saves and restores with every checkpoint. Every
+file here is written atomically (app/atomic.py): a killed run or a full disk never leaves half a file.
 """
 
-import csv
 import json
 import math
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.tracker import TrackerCallback
+from fastai.callback.tracker import SaveModelCallback, TerminateOnNaNCallback, TrackerCallback
 from fastai.learner import Recorder
 from fastai.torch_core import get_model
 from fastcore.foundation import L
@@ -38,7 +40,8 @@ from timm.utils import ModelEmaV3
 from torch.amp import GradScaler
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from app.errors import TrashError
+from app.atomic import append_csv_row, torch_save, write_text
+from app.errors import DIVERGED, TrashError
 from app.metrics import iou_per_class
 
 #: After fastai's TrackerCallbacks (SaveModelCallback, EarlyStopping: 60): their after_epoch sees the
@@ -68,6 +71,8 @@ class HistoryCSV(Callback):
     Columns: epoch, stage, size, the recorder's columns, lr, then `iou_<class>` per class from the
     learner's confusion-matrix metric (`MeanIoU`), empty for a class absent from truth and prediction.
     The per-class columns come last so that readers splitting the leading columns by position still work.
+    Epochs that `fit(start_epoch=k)` skips (a resumed run) get no row; each append rewrites the file
+    atomically.
     """
 
     order = Recorder.order + 1  # after the Recorder has filled `recorder.log` for the epoch
@@ -77,17 +82,14 @@ class HistoryCSV(Callback):
 
     def after_epoch(self):
         names, values = self.recorder.metric_names, self.recorder.log
+        if len(values) < len(names) - 1:  # a skipped epoch: only the epoch number (and time) was logged
+            return
         row = dict(zip(names, values))
         row.update(epoch=self.epoch_offset + self.epoch, stage=self.stage, size=self.size, lr=self.opt.hypers[-1]["lr"])
         ious = class_iou_columns(self.learn)
         row.update(ious)
         fields = ["epoch", "stage", "size", *[n for n in names if n not in ("epoch",)], "lr", *ious]
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _plain(v) for k, v in row.items()})
+        append_csv_row(self.path, fields, {k: _plain(v) for k, v in row.items()})
 
 
 def _plain(value):
@@ -131,19 +133,6 @@ def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_model(model).state_dict().items()}
 
 
-@contextmanager
-def _atomic(path: Path):
-    """Yields a temporary path in `path`'s folder; on success it replaces `path` in one step (os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class _CompleteEpochs(Callback):
     """Mixin: tells whether the epoch now ending both trained and validated.
 
@@ -164,6 +153,106 @@ class _CompleteEpochs(Callback):
         done = getattr(self, "_trained", False) and getattr(self, "_validated", False)
         self._reset_epoch_flags()
         return done
+
+
+# -- stopping and the best model -------------------------------------------------------------------
+
+
+class TrainingDiverged(TrashError):
+    """The loss became NaN or inf: training stopped (exit code 3); a lower learning rate usually helps."""
+
+    def __init__(self, message: str):
+        super().__init__(message, DIVERGED)
+
+
+class StopOnNonFinite(Callback):
+    """Stops training with `TrainingDiverged` at the first NaN or inf loss of a training or validation batch.
+
+    fastai's TerminateOnNaNCallback raises CancelFitException: `fit` then returns as if it had finished,
+    SaveModelCallback reloads its file and the run goes on to export a model. Here the exception leaves
+    `fit` before any after_epoch / after_fit hook (no checkpoint or best model of the diverged epoch is
+    written), and the CLI exits non-zero.
+
+    Args:
+        epoch_offset: Added to `learn.epoch` in the message (epochs of earlier stages).
+    """
+
+    order = TerminateOnNaNCallback.order  # before the Recorder (50) takes the loss into its averages
+
+    def __init__(self, epoch_offset: int = 0):
+        self.epoch_offset = epoch_offset
+
+    def after_batch(self):
+        loss = getattr(self.learn, "loss", None)
+        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss.detach()).all()):
+            return
+        value = "nan" if bool(torch.isnan(loss.detach()).any()) else "inf"
+        phase = "training" if self.training else "validation"
+        lr = self.opt.hypers[-1]["lr"]
+        raise TrainingDiverged(
+            f"training diverged: the {phase} loss is {value} at epoch {self.epoch_offset + self.epoch} "
+            f"(batch {self.iter + 1} of {self.n_iter}, lr {lr:.3g})"
+        )
+
+
+class BestModel(_CompleteEpochs, SaveModelCallback):
+    """fastai's SaveModelCallback (the best epoch by `monitor` in `models/<fname>.pth`, reloaded after fit),
+    made safe to resume and to crash:
+
+    - the epochs `fit(start_epoch=k)` skips have no recorded values; fastai's version indexes them and
+      raises IndexError. They are ignored here.
+    - fastai's `learn.save` writes in place (a full disk leaves a truncated best.pth over the good one);
+      here the weights (no optimizer state) are written atomically and reloaded with `weights_only=True`.
+    - `<fname>.json` beside the file says which epoch, stage and score it holds; a resumed stage starts
+      from that score (`resume_best`) instead of -inf, so a worse epoch never replaces the file.
+    - a NaN score is never the best (fastai's `np.greater(nan, best)` is False too; checked explicitly).
+
+    Args:
+        monitor, comp, fname, at_end: As fastai's SaveModelCallback (every_epoch and with_opt are not offered).
+        stage: Stage index written to `<fname>.json` (-1 = the frozen-encoder phase).
+        epoch_offset: Added to `learn.epoch` in `<fname>.json` (epochs of earlier stages).
+    """
+
+    def __init__(self, monitor="miou", comp=None, fname="best", at_end=False, stage: int = 0, epoch_offset: int = 0):
+        super().__init__(monitor=monitor, comp=comp, fname=fname, at_end=at_end)
+        self.stage, self.epoch_offset, self.resume_best = stage, epoch_offset, None
+
+    @property
+    def file(self) -> Path:
+        return Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth"
+
+    def before_fit(self):
+        super().before_fit()
+        self._reset_epoch_flags()
+        if self.resume_best is not None:
+            self.best = self.resume_best
+
+    def after_epoch(self):
+        if not self._epoch_complete():
+            return
+        if math.isnan(float(self.recorder.values[-1][self.idx])):
+            self.new_best = False
+            return
+        super().after_epoch()
+
+    def _save(self, name):
+        torch_save(get_model(self.learn.model).state_dict(), self.file)
+        score = None if self.at_end and not self.new_best else float(self.best)
+        info = {"epoch": self.epoch_offset + self.epoch, "stage": self.stage, "monitor": self.monitor, "score": score}
+        write_text(self.file.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+        self.last_saved_path = self.file
+
+    def after_fit(self, **kwargs):
+        if self.at_end:
+            self.new_best = False  # the weights saved now are the averaged ones, with no validation score yet
+            self._save(self.fname)
+        elif self.file.is_file():
+            state = torch.load(self.file, map_location=_model_device(self.learn.model), weights_only=True)
+            get_model(self.learn.model).load_state_dict(state)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(get_model(model).parameters()).device
 
 
 # -- weight averaging ----------------------------------------------------------------------------------
@@ -239,6 +328,19 @@ class ModelEMA(Callback):
         """Copies the EMA weights and buffers into the learner's model (load_state_dict: any device)."""
         get_model(self.learn.model).load_state_dict(self.ema.module.state_dict())
 
+    def checkpoint_state(self) -> dict:
+        if self.ema is None:
+            return {}
+        return {"ema": self.ema.module.state_dict(), "steps": self.ema_steps}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        if not state:
+            return
+        device = None if self.ema_device is None else torch.device(self.ema_device)
+        self.ema = ModelEmaV3(get_model(self.learn.model), decay=self.decay, use_warmup=self.warmup, device=device)
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema_steps = state["steps"]
+
     def _restore_raw(self):
         if self._raw is not None:
             get_model(self.learn.model).load_state_dict(self._raw)
@@ -261,18 +363,28 @@ class SWA(_CompleteEpochs):
     """
 
     order = AFTER_TRACKERS  # before_batch after ParamScheduler (60); after_fit after SaveModelCallback
-    _stateattrs = ("swa_model",)
+    _stateattrs = ("swa_model", "_resumed")
 
     def __init__(self, start_epoch: int, lr: float | None = None, bn_batches: int | None = None):
         self.start_epoch, self.swa_lr, self.bn_batches = start_epoch, lr, bn_batches
         self._init_state()
 
     def _init_state(self):
-        self.swa_model = None
+        self.swa_model, self._resumed = None, None
 
     def before_fit(self):
         self.run, self.swa_model = _real_fit(self.learn), None
         self._reset_epoch_flags()
+        resumed, self._resumed = getattr(self, "_resumed", None), None
+        if resumed and self.run:  # a resumed fit continues the average of the epochs before the stop
+            self.swa_model = AveragedModel(get_model(self.learn.model))
+            self.swa_model.load_state_dict(resumed["averaged"])
+
+    def checkpoint_state(self) -> dict:
+        return {} if self.swa_model is None else {"averaged": self.swa_model.state_dict()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self._resumed = state or None
 
     def before_batch(self):
         if self.swa_lr is not None and self.training and self.epoch >= self.start_epoch:
@@ -357,16 +469,13 @@ class TopKCheckpoints(_CompleteEpochs, TrackerCallback):
         ranked = sorted([*self.kept, entry], key=lambda e: e["score"], reverse=bool(self.comp(1.0, 0.0)))
         if entry not in ranked[: self.k]:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with _atomic(self.directory / entry["file"]) as tmp:
-            torch.save(get_model(self.learn.model).state_dict(), tmp)
+        torch_save(get_model(self.learn.model).state_dict(), self.directory / entry["file"])
         self._replace_kept(ranked[: self.k])
 
     def _replace_kept(self, kept: list[dict]):
         dropped = [e for e in self.kept if e not in kept]
         self.kept = kept
-        with _atomic(self.directory / "topk.json") as tmp:
-            tmp.write_text(json.dumps(kept, indent=2) + "\n")
+        write_text(self.directory / "topk.json", json.dumps(kept, indent=2) + "\n")
         for e in dropped:
             (self.directory / e["file"]).unlink(missing_ok=True)
 
@@ -524,10 +633,14 @@ class AdaptiveClassWeights(_CompleteEpochs):
         self._log(self.epoch_offset + self.epoch)
 
     def _log(self, epoch: int):
-        path = Path(self.learn.path) / self.log_file
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(["epoch", *class_names(self.learn, len(self.class_weights))])
-            writer.writerow([epoch, *(f"{w:.6g}" for w in self.class_weights)])
+        names = class_names(self.learn, len(self.class_weights))
+        row = {"epoch": epoch, **{n: f"{w:.6g}" for n, w in zip(names, self.class_weights)}}
+        append_csv_row(Path(self.learn.path) / self.log_file, ["epoch", *names], row)
+
+    def checkpoint_state(self) -> dict:
+        return {"class_weights": None if self.class_weights is None else [float(w) for w in self.class_weights]}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        if state["class_weights"] is not None:
+            self.class_weights = np.array(state["class_weights"], dtype=np.float64)
+            self.learn.loss_func.set_class_weights(torch.tensor(self.class_weights, dtype=torch.float32))

@@ -168,17 +168,19 @@ def test_recipe_switches_on_averaging_topk_cutmix_and_adaptive_weights(demo, tmp
 def test_freeze_epochs_train_the_decoder_only_then_everything(demo, tmp_path):
     import timm
 
-    from app.recipe import load_recipe, resolve_paths
-    from app.train import freeze_phase
+    from app.checkpoint import training_phases
+    from app.train import run_phase
 
     weights = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), weights)
     path = write_recipe(tmp_path / "r.py", demo, model={"weights": str(weights), "freeze_epochs": 1})
-    _, _, learn = prepare(path, out=tmp_path / "runs")
+    recipe, items, learn = prepare(path, out=tmp_path / "runs")
     convs = [p for p in learn.model[0].parameters() if p.ndim == 4]
     decoder = [p for p in learn.model[1:].parameters() if p.ndim == 4]
     before = [p.detach().clone() for p in convs + decoder]
-    assert freeze_phase(learn, resolve_paths(load_recipe(path)), learn.path) == 1
+    phase = training_phases(recipe)[0]
+    assert phase.frozen and phase.epochs == 1
+    run_phase(learn, recipe, items, phase)
     moved = [not torch.equal(a, b) for a, b in zip(before, convs + decoder)]
     assert not any(moved[: len(convs)])  # encoder convolutions frozen (fastai keeps BatchNorm trainable)
     assert all(moved[len(convs) :])  # the decoder trained
