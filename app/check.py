@@ -223,6 +223,15 @@ def _check_images(entries: list, problems: _Problems) -> tuple[dict[int, _Image]
             problems.add("bad_image_entry", f"{label}: {'; '.join(faults)}", image_id)
         else:
             images[image_id] = _Image(image_id, entry["file_name"], entry["height"], entry["width"])
+            ignore = entry.get("ignore_mask")
+            if ignore is not None:  # pixels of no class (e.g. unconfident pseudo-labels), an RLE like annotations'
+                why = (
+                    _rle_problems(ignore, images[image_id])
+                    if isinstance(ignore, dict)
+                    else [("bad_rle", f"is a {type(ignore).__name__}, not an RLE object")]
+                )
+                for _, detail in why:
+                    problems.add("bad_ignore_mask", f"image {image_id}: ignore_mask {detail}", image_id)
     return images, seen
 
 

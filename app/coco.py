@@ -26,12 +26,17 @@ OVERLAP_RULES = {
 }
 
 
+IGNORE = 255  # mask value of pixels that count for nothing (the loss's and metric's ignore_index)
+IGNORE_KEY = "ignore_mask"  # optional RLE in an image entry: its pixels become IGNORE (e.g. pseudo-labels)
+
+
 @dataclass(frozen=True)
 class CocoImage:
     id: int
     file_name: str
     height: int
     width: int
+    ignore: dict | None = field(default=None, compare=False, hash=False, repr=False)  # RLE of IGNORE pixels
 
 
 @dataclass
@@ -74,7 +79,7 @@ def load_coco(path: str | Path, drop_annotations=(), drop_images=()) -> CocoSet:
         raise TrashError(f"annotations {path}: not a COCO json (needs lists 'images' and 'categories')")
     try:
         images = [
-            CocoImage(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]))
+            CocoImage(int(i["id"]), str(i["file_name"]), int(i["height"]), int(i["width"]), i.get(IGNORE_KEY))
             for i in data["images"]
             if i.get("id") not in drop_images
         ]
@@ -129,6 +134,10 @@ def rasterize(coco: CocoSet, image: CocoImage, overlap: str = "largest-first") -
         layers.append((int(layer.sum()), ann.get("id", 0), position, index[ann["category_id"]], layer))
     for *_, cls, layer in sorted(layers, key=_paint_order(overlap)):
         mask[layer] = cls
+    if image.ignore:  # e.g. unconfident pseudo-label pixels: neither background nor any class
+        mask[
+            annotation_mask({"id": f"{IGNORE_KEY} of image {image.id}", "segmentation": image.ignore}, *mask.shape)
+        ] = IGNORE
     return mask
 
 
@@ -167,7 +176,9 @@ def cached_masks(
     todo = [(im, p) for im, p in zip(coco.images, paths) if not p.exists()]
     for image, path in progress(todo) if (progress and todo) else todo:
         tmp = path.with_suffix(f".tmp{os.getpid()}.png")
-        cv2.imwrite(str(tmp), rasterize(coco, image, overlap))
+        if not cv2.imwrite(str(tmp), rasterize(coco, image, overlap)):  # False on a full disk, not an exception
+            tmp.unlink(missing_ok=True)
+            raise TrashError(f"could not write the mask {path} (disk full?); the cache keeps only complete masks", 4)
         os.replace(tmp, path)  # atomic: a killed run never leaves half a mask in the cache
     return paths
 

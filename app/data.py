@@ -155,6 +155,12 @@ def load_items(recipe: Recipe, progress=None) -> Items:
         fingerprints["valid"], sources["valid"] = valid_coco.fingerprint, str(valid_json)
     else:
         train, valid = _hold_out(train, d.valid_fraction, recipe.train.seed)
+    if d.pseudo:  # pseudo-labelled images (unconfident pixels are 255) only ever train
+        pseudo_coco = checked_coco(d.pseudo, d.pseudo_images or d.images, d.drop_bad_annotations, dropped)
+        if pseudo_coco.codes != train_coco.codes:
+            raise TrashError(f"'data.pseudo' {d.pseudo}: classes {pseudo_coco.codes} differ from {train_coco.codes}")
+        train = train + coco_items(pseudo_coco, d.pseudo_images or d.images, d.mask_cache, progress, d.overlap)
+        fingerprints["pseudo"], sources["pseudo"] = pseudo_coco.fingerprint, str(d.pseudo)
     if d.fraction < 1:  # --debug: a seeded share of the images
         train, valid = _sample(train, d.fraction, recipe.train.seed), _sample(valid, d.fraction, recipe.train.seed)
     if not train or not valid:

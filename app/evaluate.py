@@ -1,4 +1,15 @@
-"""Evaluation of exported (or in-memory) learners against COCO ground truth at the images' original size."""
+"""Evaluation of exported (or in-memory) learners against COCO ground truth at the images' original size.
+
+Both mIoU definitions the competition editions used:
+
+* `miou`: one confusion matrix accumulated over the whole dataset, IoU per class, mean over the classes present
+  in truth or prediction (the training metric and the later editions' leaderboard);
+* `miou_per_image`: mIoU of each image on its own (over the classes in that image's truth or prediction), then
+  the mean over images (the first edition's leaderboard). It weighs small images and rare classes differently.
+
+With `compare`, every member alone and the ensemble are scored with each TTA set in one pass over the images,
+so a user sees what each model and each view set adds.
+"""
 
 from pathlib import Path
 
@@ -8,8 +19,37 @@ import torch
 
 from app.coco import load_coco
 from app.data import coco_items
-from app.metrics import confusion_matrix, iou_report
-from app.predict import check_classes, load_learners, stream_predictions
+from app.metrics import confusion_matrix, iou_report, mean_iou
+from app.predict import member_probs, parse_views, stream_predictions, view_spec
+
+
+class Scores:
+    """Accumulates a dataset confusion matrix and the per-image mIoUs."""
+
+    def __init__(self, n_classes: int, ignore_index: int = 255):
+        self.n, self.ignore_index = n_classes, ignore_index
+        self.cm = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+        self.per_image: list[float] = []
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        cm = confusion_matrix(pred, target, self.n, self.ignore_index)
+        self.cm += cm
+        if cm.sum():
+            self.per_image.append(mean_iou(cm.numpy()))
+
+    def report(self, codes: list[str]) -> dict:
+        out = iou_report(self.cm.numpy(), codes)
+        out["miou_per_image"] = float(np.mean(self.per_image)) if self.per_image else 0.0
+        return out
+
+
+def _read_mask(path) -> torch.Tensor:
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        from app.errors import TrashError
+
+        raise TrashError(f"ground-truth mask {path} cannot be read")
+    return torch.from_numpy(mask.astype(np.int64))
 
 
 def evaluate_items(
@@ -21,23 +61,79 @@ def evaluate_items(
     ignore_index: int = 255,
     progress=None,
     on_prediction=None,
+    tile: bool = False,
+    min_area: float = 0.0,
+    crf: bool = False,
 ) -> dict:
-    """mIoU from one confusion matrix accumulated over all (image, mask PNG) items, plus per-class IoU.
+    """mIoU (dataset confusion matrix and mean per image) and per-class IoU over (image, mask PNG) items.
 
-    `on_prediction(pred)`, when given, sees every Prediction (e.g. to keep out-of-fold probabilities).
+    Args:
+        learners: Learners or app.members.Member objects (an ensemble).
+        on_prediction: When given, sees every Prediction (e.g. to keep out-of-fold probabilities).
     """
-    n = len(codes)
-    cm = torch.zeros(n, n, dtype=torch.int64)
-    truth = dict((str(img), mask) for img, mask in items)
-    stream = stream_predictions(learners, [(str(img), img) for img, _ in items], tta, batch_size=batch_size)
+    scores = Scores(len(codes), ignore_index)
+    truth = {str(img): mask for img, mask in items}
+    stream = stream_predictions(
+        learners,
+        [(str(img), img) for img, _ in items],
+        tta,
+        batch_size=batch_size,
+        tile=tile,
+        min_area=min_area,
+        crf=crf,
+    )
     for pred in progress(stream, total=len(items)) if progress else stream:
-        target = torch.from_numpy(cv2.imread(str(truth[pred.image_id]), cv2.IMREAD_UNCHANGED).astype(np.int64))
-        cm += confusion_matrix(pred.probs.argmax(0), target, n, ignore_index)
+        scores.add(pred.probs.argmax(0), _read_mask(truth[pred.image_id]))
         if on_prediction:
             on_prediction(pred)
-    report = iou_report(cm.numpy(), codes)
-    report.update(images=len(items), tta=tta, confusion_matrix=cm.tolist())
+    report = scores.report(codes)
+    report.update(images=len(items), tta=tta, confusion_matrix=scores.cm.tolist())
     return report
+
+
+def compare_items(
+    members: list,
+    items: list[tuple[Path, Path]],
+    codes: list[str],
+    tta_sets: list[str],
+    batch_size: int = 8,
+    ignore_index: int = 255,
+    progress=None,
+) -> list[dict]:
+    """Rows (model, tta, miou, miou_per_image, per-class IoU) for each member alone and the ensemble, per TTA set.
+
+    One pass over the images: each member predicts each image once per TTA set, and the ensemble row combines
+    those predictions with the members' weights (as `predict` would).
+    """
+    from PIL import Image
+
+    from app.members import combine
+
+    labels = [f"#{i + 1} {m.name}" if len(members) > 1 else m.name for i, m in enumerate(members)]
+    names = labels + (["ensemble"] if len(members) > 1 else [])
+    scores = {(name, s): Scores(len(codes), ignore_index) for name in names for s in tta_sets}
+    pairs = [(str(img), img) for img, _ in items]
+    truth = {str(img): mask for img, mask in items}
+    starts = range(0, len(pairs), batch_size)
+    for start in progress(starts) if progress else starts:
+        chunk = pairs[start : start + batch_size]
+        sizes = [Image.open(p).size[::-1] for _, p in chunk]
+        targets = [_read_mask(truth[i]) for i, _ in chunk]
+        for s in tta_sets:
+            spec = view_spec(s)
+            per_member = [member_probs(m, chunk, sizes, spec, False, 0.5, batch_size) for m in members]
+            for k, target in enumerate(targets):
+                probs = [pm[k] for pm in per_member]
+                for label, p in zip(labels, probs):
+                    scores[(label, s)].add(p.argmax(0), target)
+                if len(members) > 1:
+                    scores[("ensemble", s)].add(combine(probs, members).argmax(0), target)
+    rows = []
+    for (name, s), sc in scores.items():
+        r = sc.report(codes)
+        views = len(parse_views(view_spec(s)))
+        rows.append({"model": name, "tta": view_spec(s), "views": views, **r})
+    return rows
 
 
 def evaluate(
@@ -48,13 +144,67 @@ def evaluate(
     batch_size: int = 8,
     mask_cache: str = "",
     progress=None,
+    weights: list[float] | None = None,
+    class_weights: list | None = None,
+    topk: bool = False,
+    tile: bool = False,
+    min_area: float = 0.0,
+    crf: bool = False,
+    compare: list[str] | None = None,
+    out: str | Path | None = None,
 ) -> dict:
-    """Evaluates exported models on a COCO json whose `file_name`s are relative to `images`."""
-    learners = load_learners(models)
+    """Evaluates exported models (an ensemble when several) on a COCO json whose `file_name`s are relative to
+    `images`.
+
+    Args:
+        compare: TTA sets to compare every member and the ensemble with (e.g. ["identity", "flip", "d4"]).
+        out: Folder for evaluate.json, confusion.png and, with `compare`, comparison.csv.
+    """
+    from app.errors import TrashError
+    from app.members import load_members
+
+    members = load_members(models, weights, class_weights, topk)
     coco = load_coco(data)
-    check_classes(learners, coco.codes, str(data))
+    if members[0].classes != list(coco.codes):
+        raise TrashError(f"the model predicts {members[0].classes} but {data} has classes {list(coco.codes)}")
+    items = coco_items(coco, images, mask_cache)
     report = evaluate_items(
-        learners, coco_items(coco, images, mask_cache), coco.codes, tta, batch_size, progress=progress
+        members, items, coco.codes, tta, batch_size, progress=progress, tile=tile, min_area=min_area, crf=crf
     )
-    report.update(data=str(data), models=[str(m) for m in models])
+    report.update(
+        data=str(data),
+        models=[str(m) for m in models],
+        members=[{"name": m.name, "weight": m.weight} for m in members],
+        tta=view_spec(tta),
+    )
+    if compare:
+        for s in compare:
+            parse_views(view_spec(s))  # fail on a typo before the long pass
+        report["comparison"] = compare_items(members, items, coco.codes, compare, batch_size, progress=progress)
+    if out:
+        write_outputs(report, coco.codes, Path(out))
     return report
+
+
+COMPARISON_COLUMNS = ("model", "tta", "views", "miou", "miou_per_image", "pixel_accuracy")
+
+
+def write_outputs(report: dict, codes: list[str], out: Path) -> None:
+    """evaluate.json, confusion.png and comparison.csv (one row per member/ensemble and TTA set) in `out`."""
+    import csv
+
+    from app.plots import plot_confusion
+    from app.runs import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "evaluate.json", report)
+    plot_confusion(report["confusion_matrix"], codes, out / "confusion.png")
+    if report.get("comparison"):
+        with (out / "comparison.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([*COMPARISON_COLUMNS, *(f"iou_{c}" for c in codes)])
+            for r in report["comparison"]:
+                ious = ["" if v is None else f"{v:.4f}" for v in r["per_class_iou"].values()]
+                writer.writerow(
+                    [r[c] if isinstance(r[c], str | int) else f"{r[c]:.4f}" for c in COMPARISON_COLUMNS] + ious
+                )

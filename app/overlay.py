@@ -47,6 +47,8 @@ def save_grid(
     for ax in axes.flat:
         ax.axis("off")
     handles = [Patch(color=colours[i] / 255, label=f"{i} {codes[i]}") for i in sorted(present)]
+    if any((m == 255).any() for m in masks):  # pseudo-labels' unconfident pixels
+        handles.append(Patch(facecolor="white", edgecolor="grey", label="255 ignore"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
