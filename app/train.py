@@ -219,7 +219,8 @@ def _kept(run: Path) -> str:
     entries = ckpt.read_index(Path(run) / "models")
     if not entries:
         return "no epoch had finished, so there is no checkpoint"
-    return f"the last good checkpoint (after {entries[0]['epochs_done']} epochs) is kept in {run / 'models'}"
+    done = entries[0]["epochs_done"]
+    return f"the last good checkpoint ({done} epoch{'s' * (done != 1)} done) is kept in {run / 'models'}"
 
 
 def run_phase(

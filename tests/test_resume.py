@@ -110,7 +110,7 @@ def test_sigint_at_a_stage_boundary_stops_cleanly_and_resumes(demo, tmp_path, re
         fit(recipe, out=out)
     run = only_run(out)
     assert stopped.value.exit_code == 130
-    assert f"trash fit --resume {run}" in str(stopped.value) and "after 2 epochs" in str(stopped.value)
+    assert f"trash fit --resume {run}" in str(stopped.value) and "(2 epochs done)" in str(stopped.value)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are restored
 
     resume(run)
@@ -220,3 +220,15 @@ def test_a_checkpoint_restores_optimizer_and_callback_state(demo, tmp_path, opti
         (new,) = [cb for cb in fresh.cbs if type(cb).__name__ == kind]
         assert_same(old.checkpoint_state(), new.checkpoint_state(), kind)
     assert [dl.rng.getstate() for dl in learn.dls.loaders] == [dl.rng.getstate() for dl in fresh.dls.loaders]
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(demo, tmp_path):
+    train = json.loads(Path(demo["train"]).read_text())
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    data = {**TINY["data"], "annotations": str(tmp_path / "train.json")}
+    recipe_file = write_recipe(tmp_path / "r.py", demo, data=data)
+    _, _, learn = prepare(recipe_file, out=tmp_path / "runs")  # the run directory, before any epoch
+    train["annotations"] = train["annotations"][1:]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    with pytest.raises(TrashError, match="changed since it started \\(train differ"):
+        resume(learn.path)
