@@ -317,19 +317,27 @@ def _set_global_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unwrapped(dl):
+    """The fastai loader itself, also while data-parallel training wraps it (app.distributed.ShardedDL)."""
+    from fastai.distributed import DistributedDL
+
+    return dl.dl if isinstance(dl, DistributedDL) else dl
+
+
 def _augmentations(dls) -> list:
     """The albumentations pipelines of the training loader (seeded Compose objects with their own RNGs)."""
-    return [tfm.aug for tfm in dls.train.after_item.fs if hasattr(getattr(tfm, "aug", None), "py_random")]
+    train = _unwrapped(dls.train)
+    return [tfm.aug for tfm in train.after_item.fs if hasattr(getattr(tfm, "aug", None), "py_random")]
 
 
 def _loader_rng(dls) -> dict:
     augment = [(aug.random_generator.bit_generator.state, aug.py_random.getstate()) for aug in _augmentations(dls)]
-    return {"loaders": [dl.rng.getstate() for dl in dls.loaders], "augment": augment}
+    return {"loaders": [_unwrapped(dl).rng.getstate() for dl in dls.loaders], "augment": augment}
 
 
 def _set_loader_rng(dls, state: dict) -> None:
     for dl, saved in zip(dls.loaders, state["loaders"]):
-        dl.rng.setstate(saved)
+        _unwrapped(dl).rng.setstate(saved)
     for aug, (numpy_state, python_state) in zip(_augmentations(dls), state["augment"]):
         generator, py_random = np.random.default_rng(), random.Random()
         generator.bit_generator.state = numpy_state

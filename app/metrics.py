@@ -44,14 +44,20 @@ def iou_report(cm: np.ndarray, codes: list[str]) -> dict:
 
 
 class MeanIoU(Metric):
-    """fastai metric: mIoU over the whole validation set from an accumulated confusion matrix."""
+    """fastai metric: mIoU over the whole validation set from an accumulated confusion matrix.
+
+    In data-parallel training each rank accumulates its shard; the first read of `value` after a validation
+    sums the ranks' matrices (every rank's Recorder reads it once, in the same order), so the mIoU is that of
+    the whole validation set, never an average of per-rank mIoUs.
+    """
 
     def __init__(self, n_classes: int, ignore_index: int = 255):
         self.n_classes, self.ignore_index = n_classes, ignore_index
-        self.cm = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+        self.reset()
 
     def reset(self):
         self.cm = torch.zeros(self.n_classes, self.n_classes, dtype=torch.int64)
+        self._reduced = False
 
     def accumulate(self, learn):
         pred = learn.pred.argmax(dim=1)
@@ -59,6 +65,10 @@ class MeanIoU(Metric):
 
     @property
     def value(self) -> float:
+        if not getattr(self, "_reduced", True):
+            from app.distributed import all_reduce_sum
+
+            self.cm, self._reduced = all_reduce_sum(self.cm), True
         return mean_iou(self.cm.numpy())
 
     @property

@@ -15,10 +15,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from fastai.torch_core import set_seed
 from fastprogress.fastprogress import progress_bar
 
 from app import checkpoint as ckpt
+from app import distributed
 from app.atomic import atomic_open, atomic_path
 from app.callbacks import BestModel, HistoryCSV, StopOnNonFinite, TrainingDiverged
 from app.data import forget_training_items, load_items, make_dls
@@ -61,15 +63,21 @@ def prepare(
         (recipe, items, learn): `learn.path` is the run directory, which already holds the recipe copy and
         resolved.json.
     """
+    distributed.init()  # a no-op unless launched as one of several processes (trash fit --gpus N, torchrun)
     recipe = recipe or resolve_paths(load_recipe(recipe_file, overrides))
     recipe = debug_recipe(recipe) if debug else recipe
     notes, items = _check_and_load(recipe)
     recipe, note = enough_for_a_batch(recipe, len(items.train), debug)
     notes += [note] if note else []
     set_seed(recipe.train.seed, reproducible=True)
-    run = run_dir or create_run_dir(out, recipe.name, suffix + ("-debug" if debug else ""))
-    run.mkdir(parents=True, exist_ok=True)
-    learn = build_learner(recipe, items, run)
+    if distributed.is_main():
+        run = run_dir or create_run_dir(out, recipe.name, suffix + ("-debug" if debug else ""))
+        run.mkdir(parents=True, exist_ok=True)
+    run = distributed.broadcast_object(run if distributed.is_main() else None)
+    learn = build_learner(recipe, items, _writable(run))
+    learn.trash_run = run
+    if not distributed.is_main():
+        return recipe, items, learn
     copy_recipe(recipe_file, run)
     weights = learn.loss_func.class_weights
     write_json(
@@ -85,10 +93,36 @@ def prepare(
             "dropped": items.dropped,
             "warnings": notes,
             "images": {"train": len(items.train), "valid": len(items.valid)},
+            "distributed": distributed_report(recipe),
             "versions": package_versions(),
         },
     )
     return recipe, items, learn
+
+
+def _writable(run: Path) -> Path:
+    """Where this process writes: the run directory on rank 0; a scratch folder on the other ranks of a
+    data-parallel run, so history, checkpoints and exports are written once (rank 0) and by one code path."""
+    if distributed.is_main():
+        return run
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"trash-rank{distributed.rank()}-"))
+
+
+def distributed_report(recipe: Recipe) -> dict:
+    """Processes, batch per process, effective batch and lr of a (possibly data-parallel) run, as recorded."""
+    n = distributed.world_size()
+    per_step = max(recipe.data.batch_size, recipe.train.effective_batch)  # GradientAccumulation counts samples
+    backend = "" if n == 1 else ("nccl" if torch.cuda.is_available() else "gloo")
+    return {
+        "processes": n,
+        "backend": backend,
+        "batch_per_process": recipe.data.batch_size,
+        "effective_batch": per_step * n,
+        "lr": recipe.train.lr,
+        "lr_scaled": False,
+    }
 
 
 def _check_and_load(recipe: Recipe) -> tuple[list[str], object]:
@@ -177,19 +211,22 @@ def resume(run_dir: str | Path) -> Path:
             "a run resumes only on the data it started with"
         )
     set_seed(recipe.train.seed, reproducible=True)
-    learn = build_learner(recipe, items, run)
+    learn = build_learner(recipe, items, _writable(run))
+    learn.trash_run = run
     return _train(recipe, items, learn, time.time() - (state["seconds"] if state else 0.0), state)
 
 
 def _train(recipe: Recipe, items, learn, started: float, state: dict | None = None) -> Path:
     """Runs the phases not yet done (all, or those after `state`'s checkpoint), then exports and scores."""
-    run = learn.path
+    run = learn.path  # rank 0: the run directory; other ranks of a data-parallel run: their scratch folder
     done = state["epochs_done"] if state else 0
+    if distributed.active() and distributed.is_main():
+        print(_distributed_line(recipe), flush=True)
     ckpt.trim_logs(run, done)  # rows of epochs after the checkpoint are trained (and logged) again
     if state:
         ckpt.restore_weights(learn, state)
     try:
-        with ckpt.stop_on_signals() as flag:
+        with ckpt.stop_on_signals() as flag, distributed.distributed(learn):
             for phase in ckpt.training_phases(recipe):
                 if done >= phase.end:
                     continue
@@ -207,12 +244,27 @@ def _train(recipe: Recipe, items, learn, started: float, state: dict | None = No
         raise ckpt.TrainingInterrupted(
             f"interrupted by {e.message}; {_kept(run)}. Continue with: trash fit --resume {run}", e.signum
         ) from None
+    if not distributed.is_main():  # rank 0 exports and scores; the others wait for it, then leave
+        import shutil
+
+        distributed.barrier()
+        shutil.rmtree(run, ignore_errors=True)
+        return learn.trash_run
     strip_training_callbacks(learn)
     forget_training_items(learn.dls)
     export_run(learn, recipe, run)
     write_metrics(learn, recipe, items, run, time.time() - started)
     ckpt.remove_checkpoints(run)
+    distributed.barrier()
     return run
+
+
+def _distributed_line(recipe: Recipe) -> str:
+    r = distributed_report(recipe)
+    return (
+        f"distributed: {r['processes']} processes ({r['backend']}), batch {r['batch_per_process']} per process, "
+        f"effective batch {r['effective_batch']}, lr {r['lr']:g} (not scaled)"
+    )
 
 
 def _kept(run: Path) -> str:
@@ -368,10 +420,13 @@ def fit_folds(recipe_file: str | Path, overrides=(), out: str | Path = "runs", d
     folds = sorted(Path(recipe.data.split).glob("fold*/train.json")) if recipe.data.split else []
     if not folds:
         raise TrashError(f"recipe {recipe_file}: --fold all needs data.split, a folder made by `trash data split`")
-    group = create_run_dir(out, recipe.name, "-folds" + ("-debug" if debug else ""))
-    copy_recipe(recipe_file, group)
-    spec = {"folds": len(folds), "overrides": list(overrides), "debug": debug, "recipe": recipe.to_dict()}
-    write_json(group / FOLDS, spec)
+    distributed.init()
+    if distributed.is_main():
+        group = create_run_dir(out, recipe.name, "-folds" + ("-debug" if debug else ""))
+        copy_recipe(recipe_file, group)
+        spec = {"folds": len(folds), "overrides": list(overrides), "debug": debug, "recipe": recipe.to_dict()}
+        write_json(group / FOLDS, spec)
+    group = distributed.broadcast_object(group if distributed.is_main() else None)
     return _fit_group(group)
 
 
@@ -399,7 +454,9 @@ def _fit_group(group: Path) -> Path:
         "mean_fold_miou": float(np.mean([m["miou"] for m in metrics])),
         "oof": iou_report(cm, json.loads((runs[0] / "resolved.json").read_text())["classes"]),
     }
-    write_json(group / "summary.json", summary)
+    if distributed.is_main():
+        write_json(group / "summary.json", summary)
+    distributed.barrier()
     return group
 
 
