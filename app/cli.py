@@ -1,6 +1,7 @@
 """The `trash` command line: parse, call one library function, print. Heavy imports live in the bodies."""
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,9 @@ def friendly(fn):
             for line in str(e).splitlines():
                 typer.echo(f"error: {line}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C outside training (which stops cleanly itself, see app/checkpoint.py)
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -84,32 +88,88 @@ def demo_data(
 @app.command(short_help="Train a recipe into a run directory.  e.g. trash fit recipes/demo.py")
 @friendly
 def fit(
-    recipe: Annotated[Path, typer.Argument(help="Recipe file, e.g. recipes/unet_effb4.py")],
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe file, e.g. recipes/unet_effb4.py")] = None,
     set_: SetOption = None,
     out: OutOption = Path("runs"),
     fold: Annotated[
         str | None, typer.Option(help="Fold K of the recipe's data.split (same as --set data.fold=K), or 'all'")
     ] = None,
     debug: Annotated[bool, typer.Option(help="Dry run: 10% of the images, one epoch (before every long run)")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this stopped run directory (or --fold all group) from its last checkpoint"),
+    ] = None,
+    gpus: Annotated[
+        int,
+        typer.Option(
+            help="Data-parallel processes on this machine (PyTorch DDP via accelerate, launched with torchrun): "
+            "one per GPU, or CPU processes with gloo when there is no GPU. data.batch_size is per process"
+        ),
+    ] = 1,
 ):
     """Train RECIPE; write recipe copy, resolved values, history.csv, best model, export.pkl, metrics and plots.
 
     With --fold all, every fold of data.split is trained into one run group with an out-of-fold mIoU.
+    A checkpoint is written every epoch; --resume RUN_DIR continues a killed or interrupted run with its own
+    recipe. Exit codes: 3 the loss became NaN/inf, 4 a file could not be written, 130/143 interrupted.
 
-    Example: trash fit recipes/demo.py --set train.epochs=3 --set data.batch_size=4
+    With --gpus N the run is data-parallel over N processes (the same as `torchrun --nproc_per_node N -m app fit
+    RECIPE` or `accelerate launch -m app fit RECIPE`); only rank 0 writes the run directory.
+
+    Examples:
+
+      trash fit recipes/demo.py --set train.epochs=3 --set data.batch_size=4
+
+      trash fit recipes/unet_effb4.py --gpus 4 --fold all
     """
-    from app import train
+    if gpus < 1:
+        raise TrashError(f"--gpus must be at least 1, got {gpus}")
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this command in `gpus` processes
+        import subprocess
+        import sys
 
+        from app.distributed import launch_command
+
+        argv = _without_option(sys.argv[1:], "--gpus")
+        raise typer.Exit(subprocess.run(launch_command(gpus, argv)).returncode)
+    from app import train
+    from app.distributed import is_main
+
+    if resume is not None:
+        if recipe is not None or set_ or fold is not None or debug:
+            raise TrashError("--resume continues a run with its own recipe and settings: give only the run directory")
+        run = train.resume(resume)
+        if is_main():
+            _print_group(run) if (run / train.FOLDS).is_file() else _print_run(run)
+        return
+    if recipe is None:
+        raise TrashError("give a RECIPE file to train, or --resume RUN_DIR to continue a run")
     overrides = list(set_ or [])
     if fold == "all":
         group = train.fit_folds(recipe, overrides, out, debug)
-        _print_group(group)
+        if is_main():
+            _print_group(group)
         return
     if fold is not None:
         if not fold.isdigit():
             raise TrashError(f"--fold must be a fold number or 'all', got {fold!r}")
         overrides.append(f"data.fold={fold}")
-    _print_run(train.fit(recipe, overrides, out, debug))
+    run = train.fit(recipe, overrides, out, debug)
+    if is_main():
+        _print_run(run)
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without `name VALUE` / `name=VALUE` (to relaunch a command without its launcher option)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 @app.command("lr-find", short_help="Plot loss vs learning rate.  e.g. trash lr-find recipes/demo.py")
@@ -132,31 +192,122 @@ def lr_find(
     typer.echo(f"plot     {run / 'lr_find.png'}")
 
 
-@app.command(short_help="Masks + submission.csv.  e.g. trash predict runs/demo/latest --images DIR --out preds")
+WeightsOption = Annotated[
+    str | None, typer.Option(help="Comma-separated weight per model argument, e.g. 0.6,0.4 (a fold group shares its)")
+]
+ClassWeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help='JSON with per-class weights per model: {"class_weights": [[w_c...] or null, ...]} '
+        "(as written by `trash ensemble`)"
+    ),
+]
+TopkOption = Annotated[
+    bool, typer.Option("--topk", help="Use each run's top-k epochs (train.top_k) as an epoch ensemble")
+]
+TileOption = Annotated[
+    bool,
+    typer.Option(
+        "--tile",
+        help="Predict at each image's own resolution with overlapping tiles of the training size "
+        "(Gaussian-blended), instead of resizing it to the training size",
+    ),
+]
+MinAreaOption = Annotated[
+    float,
+    typer.Option(
+        help="Post-processing: drop foreground components under this share of the image, e.g. 0.001 (0 = off)"
+    ),
+]
+
+CrfOption = Annotated[
+    bool, typer.Option("--crf", help="Post-processing: dense CRF on the image colours (pydensecrf2; about 1 s/image)")
+]
+
+
+def _class_weights(path: Path | None) -> list | None:
+    import json
+
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())["class_weights"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TrashError(f"--class-weights {path}: expected a json with a 'class_weights' list ({e})") from None
+
+
+def _weights(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise TrashError(f"--weights {text!r}: expected comma-separated numbers, e.g. 0.6,0.4") from None
+
+
+@app.command(short_help="Masks + overlays + submission.csv.  e.g. trash predict runs/demo/latest --images DIR --out p")
 @friendly
 def predict(
     models: ModelsArg,
     images: Annotated[Path, typer.Option(help="Folder of images (the json's file_names are relative to it)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for masks/ and submission.csv")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for masks/, overlays/ and submission.csv")],
     data: Annotated[Path | None, typer.Option(help="COCO json listing the images, in submission order")] = None,
     tta: TtaOption = False,
     tta_views: ViewsOption = None,
-    weights: Annotated[str | None, typer.Option(help="Comma-separated weight per model, e.g. 0.6,0.4")] = None,
+    weights: WeightsOption = None,
+    class_weights: ClassWeightsOption = None,
+    topk: TopkOption = False,
+    tile: TileOption = False,
+    min_area: MinAreaOption = 0.0,
+    crf: CrfOption = False,
+    overlays: Annotated[bool, typer.Option(help="Write overlays/*.jpg and preview.png")] = True,
+    save_probs: Annotated[
+        bool, typer.Option(help="Also write probs/*.npy (fp16): the folder can then be an ensemble member")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 8,
 ):
-    """Predict class masks (PNG, original size) and the competition submission.csv with one or more models.
+    """Predict class masks (PNG, original size), colour overlays and the competition submission.csv.
 
-    Example: trash predict runs/demo/latest --images data/demo --data data/demo/test.json --tta --out preds
+    Several MODELS are an ensemble, averaged in probability space: run directories, fold groups
+    (`trash fit --fold all`), or folders written by `trash predict --save-probs`.
+    The submission is read back and checked after writing.
+
+    Examples:
+
+      trash predict runs/demo/latest --images data/demo --data data/demo/test.json --tta --out preds
+
+      trash predict runs/a/latest runs/b/latest --weights 0.6,0.4 --tta-views d4 --images DIR --out preds
     """
     from fastprogress.fastprogress import progress_bar
 
+    from app.images import screen_listed
     from app.predict import predict as run_predict
 
-    w = [float(v) for v in weights.split(",")] if weights else None
-    summary = run_predict(models, images, out, data, tta_views or tta, w, batch_size, progress=progress_bar)
-    typer.echo(f"{summary['images']} images, TTA views: {', '.join(summary['tta'])}")
+    screen_listed(images, data)  # corrupt or truncated images: all named now, not a traceback later
+    summary = run_predict(
+        models,
+        images,
+        out,
+        data,
+        tta_views or tta,
+        _weights(weights),
+        batch_size,
+        progress=progress_bar,
+        class_weights=_class_weights(class_weights),
+        topk=topk,
+        tile=tile,
+        min_area=min_area,
+        crf=crf,
+        overlays=overlays,
+        save_probs=save_probs,
+    )
+    typer.echo(f"{summary['images']} images, {len(summary['members'])} member(s), TTA: {', '.join(summary['tta'])}")
     typer.echo(f"masks      {summary['masks']}")
-    typer.echo(f"submission {summary['submission']}")
+    if summary["overlays"]:
+        typer.echo(f"overlays   {summary['overlays']}  (grid: {summary['preview']})")
+    if summary["probs"]:
+        typer.echo(f"probs      {summary['probs']}")
+    typer.echo(f"submission {summary['submission']}  (read back and checked)")
 
 
 @app.command(
@@ -169,24 +320,163 @@ def evaluate(
     images: Annotated[Path, typer.Option(help="Folder the json's file_names are relative to")],
     tta: TtaOption = False,
     tta_views: ViewsOption = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the JSON report here")] = None,
+    weights: WeightsOption = None,
+    class_weights: ClassWeightsOption = None,
+    topk: TopkOption = False,
+    tile: TileOption = False,
+    min_area: MinAreaOption = 0.0,
+    crf: CrfOption = False,
+    compare: Annotated[
+        str | None,
+        typer.Option(help="Also score each model alone and the ensemble with these TTA sets, e.g. identity,flip,d4"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for evaluate.json, confusion.png, comparison.csv")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 8,
 ):
-    """Score models against ground truth at the images' original size: dataset-level confusion-matrix mIoU.
+    """Score models against ground truth at the images' original size.
 
-    Example: trash evaluate runs/demo/latest --data data/demo/val.json --images data/demo --tta
+    Prints both mIoU definitions (dataset-level confusion matrix; mean of per-image mIoU) and per-class IoU;
+    with --compare, a table of every member and the ensemble under each TTA set.
+
+    Example: trash evaluate runs/a/latest runs/b/latest --data data/demo/val.json --images data/demo
+    --compare identity,flip,d4 --out eval
     """
-    import json
-
     from fastprogress.fastprogress import progress_bar
 
     from app.evaluate import evaluate as run_evaluate
-    from app.runs import write_json
+    from app.images import screen_listed
 
-    report = run_evaluate(models, data, images, tta_views or tta, batch_size, progress=progress_bar)
+    screen_listed(images, data)  # corrupt or truncated images: all named now, not a traceback later
+    report = run_evaluate(
+        models,
+        data,
+        images,
+        tta_views or tta,
+        batch_size,
+        progress=progress_bar,
+        weights=_weights(weights),
+        class_weights=_class_weights(class_weights),
+        topk=topk,
+        tile=tile,
+        min_area=min_area,
+        crf=crf,
+        compare=[s.strip() for s in compare.split(",")] if compare else None,
+        out=out,
+    )
+    typer.echo(f"{report['images']} images, {len(report['members'])} member(s), TTA {report['tta']}")
+    typer.echo(f"mIoU (dataset confusion matrix) {report['miou']:.4f}")
+    typer.echo(f"mIoU (mean of per-image mIoU)   {report['miou_per_image']:.4f}")
+    typer.echo(f"pixel accuracy                  {report['pixel_accuracy']:.4f}")
+    for name, iou in report["per_class_iou"].items():
+        typer.echo(f"  {name[:24]:24s} {'-' if iou is None else f'{iou:.4f}'}")
+    for row in report.get("comparison", []):
+        if row is report["comparison"][0]:
+            typer.echo(f"{'model':48s} {'tta':10s} {'views':>5s} {'mIoU':>7s} {'per-img':>7s}")
+        typer.echo(
+            f"{row['model'][-48:]:48s} {row['tta']:10s} {row['views']:5d} "
+            f"{row['miou']:7.4f} {row['miou_per_image']:7.4f}"
+        )
     if out:
-        write_json(out, report)
-    typer.echo(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}, indent=2))
+        typer.echo(f"report     {out / 'evaluate.json'}  (confusion.png{', comparison.csv' if compare else ''})")
+
+
+@app.command(
+    short_help="Pick models, TTA, weights on out-of-fold data.  e.g. trash ensemble runs/a/latest runs/b/latest"
+)
+@friendly
+def ensemble(
+    models: Annotated[list[str], typer.Argument(help="Run directories or fold groups (trash fit --fold all)")],
+    tta_views: Annotated[
+        str, typer.Option(help="TTA sets to try, comma-separated (each predicted once on the OOF images, cached)")
+    ] = "identity,flip",
+    max_members: Annotated[int, typer.Option(help="Most members (with repetition) the greedy search adds")] = 10,
+    per_class: Annotated[bool, typer.Option(help="Try per-class weights from each member's OOF IoU")] = True,
+    eval_size: Annotated[int, typer.Option(help="Side (px) the OOF predictions are scored at")] = 96,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The chosen ensemble as json")] = Path("ensemble.json"),
+):
+    """Choose the ensemble greedily on out-of-fold predictions and print the predict command that reproduces it.
+
+    Each model's oof.npz (written by `trash fit`) gives its validation probabilities; models, TTA set,
+    weights, per-class weights and small-component removal are kept only when they raise the OOF mIoU.
+
+    Example: trash ensemble runs/trashcan/2026-folds runs/trashcan_deeplab/2026-folds --tta-views identity,flip,d4
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from app.ensemble import predict_command, select
+
+    result = select(
+        models,
+        [s.strip() for s in tta_views.split(",")],
+        max_members,
+        per_class,
+        eval_size=eval_size,
+        out=out,
+        progress=progress_bar,
+    )
+    typer.echo(f"out-of-fold images: {result['oof_images']} (scored at {result['eval_size']} px)")
+    typer.echo(f"{'model':56s} {'tta':10s} {'OOF mIoU':>8s}")
+    for row in result["table"]:
+        typer.echo(f"{row['model'][-56:]:56s} {row['tta']:10s} {row['miou']:8.4f}")
+    for step in result["steps"]:
+        typer.echo(f"greedy: + {step['added']}  ->  {step['miou']:.4f}")
+    if "per_class_miou" in result:
+        kept = "kept" if result["class_weights"] else "not kept"
+        typer.echo(f"per-class weights: {result['per_class_miou']:.4f} ({kept})")
+    if "crf_miou" in result:
+        typer.echo(f"dense CRF: {result['crf_miou']:.4f} ({'kept' if result['crf'] else 'not kept'})")
+    areas = ", ".join(f"{k}: {v:.4f}" for k, v in result["min_area_scores"].items())
+    typer.echo(
+        f"small-component removal: {areas} ({'min-area ' + str(result['min_area']) if result['min_area'] else 'off'})"
+    )
+    typer.echo(f"chosen: OOF mIoU {result['oof_miou']:.4f}, written to {out}")
+    typer.echo(predict_command(result, out))
+
+
+@app.command(
+    short_help="Confident pixels as a COCO json.  e.g. trash pseudo runs/demo/latest --images DIR --out p.json"
+)
+@friendly
+def pseudo(
+    models: ModelsArg,
+    images: Annotated[Path, typer.Option(help="Folder of unlabelled images (a json's file_names are relative to it)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pseudo-label COCO json to write")],
+    data: Annotated[Path | None, typer.Option(help="COCO json listing the images (ids and categories kept)")] = None,
+    threshold: Annotated[float, typer.Option(help="Minimum top-class probability for a pixel to be labelled")] = 0.9,
+    tta: TtaOption = False,
+    tta_views: ViewsOption = None,
+    weights: WeightsOption = None,
+    class_weights: ClassWeightsOption = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 8,
+):
+    """Pseudo-label images with a model or ensemble: confident pixels become RLE annotations, the rest the
+    image's `ignore_mask` (255, ignored by the loss). Add the json to a recipe with data.pseudo.
+
+    Example: trash pseudo runs/demo/latest --images data/demo --data data/demo/test.json --tta --out pseudo.json
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from app.pseudo import pseudo_labels
+
+    summary = pseudo_labels(
+        models,
+        images,
+        out,
+        data,
+        threshold,
+        tta_views or tta,
+        _weights(weights),
+        _class_weights(class_weights),
+        batch_size,
+        progress=progress_bar,
+    )
+    typer.echo(
+        f"{summary['images']} images, {summary['annotations']} annotations, "
+        f"{summary['confident_share']:.1%} of pixels at p >= {threshold}"
+    )
+    typer.echo(f"pseudo-labels {out}  (recipe: data.pseudo={out})")
 
 
 data_app = typer.Typer(

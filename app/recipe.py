@@ -39,6 +39,8 @@ class Data:
     mosaic: float = 0.0  # probability that a training image is replaced by a 4-image mosaic
     sampler: str = "uniform"  # uniform | balanced (oversample images that contain rare classes)
     mask_cache: str = ""  # folder for rasterized masks; "" = ~/.cache/trash/masks
+    pseudo: str = ""  # pseudo-label json from `trash pseudo`, added to the training images (never to validation)
+    pseudo_images: str = ""  # folder pseudo's file_names are relative to; "" = same as `images`
     fraction: float = 1.0  # seeded share of the images used (train and valid); `--debug` sets 0.1
 
 
@@ -53,6 +55,8 @@ class Model:
     self_attention: bool = False  # DynamicUnet: self-attention in the third-to-last decoder block
     last_cross: bool = True  # DynamicUnet: full-resolution ResBlock over decoder output + input image
     bottle: bool = False  # DynamicUnet: bottleneck in that last ResBlock
+    # DynamicUnet decoder channels at 1/16, 1/8, 1/4, 1/2, 1/1 of the input (as smp's decoder_channels); () = fastai's
+    decoder_widths: tuple[int, ...] = ()
     freeze_epochs: int = 0  # pretrained encoders: epochs with the encoder frozen before unfreezing everything
     encoder_lr_div: float = 10.0  # after unfreezing, the encoder trains at lr / this (discriminative lrs)
 
@@ -135,6 +139,8 @@ PATH_KEYS = (
     "data.valid_annotations",
     "data.valid_images",
     "data.split",
+    "data.pseudo",
+    "data.pseudo_images",
     "model.weights",
 )
 WEIGHT_SCHEMES = ("inverse", "log", "sqrt")  # app/stats.py computes them; listed here to validate without numpy

@@ -86,8 +86,9 @@ def test_tta_prediction_of_a_flipped_image_is_the_flipped_prediction(trained_run
 
 
 def test_evaluate_matches_fit_metrics_on_the_same_images(trained_run, demo, tmp_path):
-    invoke("evaluate", trained_run, "--data", demo["val"], "--images", demo["images"], "--out", tmp_path / "m.json")
-    report = json.loads((tmp_path / "m.json").read_text())
+    invoke("evaluate", trained_run, "--data", demo["val"], "--images", demo["images"], "--out", tmp_path / "eval")
+    report = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
+    assert (tmp_path / "eval" / "confusion.png").is_file()
     fit_metrics = json.loads((trained_run / "metrics.json").read_text())
     assert report["miou"] == pytest.approx(fit_metrics["miou"], abs=1e-6)
     cm = np.array(report["confusion_matrix"])
