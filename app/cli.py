@@ -106,6 +106,9 @@ def fit(
             "one per GPU, or CPU processes with gloo when there is no GPU. data.batch_size is per process"
         ),
     ] = 1,
+    parallel: Annotated[
+        int, typer.Option(help="With --fold all: train this many folds at once, one process each (one GPU each)")
+    ] = 1,
 ):
     """Train RECIPE; write recipe copy, resolved values, history.csv, best model, export.pkl, metrics and plots.
 
@@ -122,8 +125,10 @@ def fit(
 
       trash fit recipes/unet_effb4.py --gpus 4 --fold all
     """
-    if gpus < 1:
-        raise TrashError(f"--gpus must be at least 1, got {gpus}")
+    if gpus < 1 or parallel < 1:
+        raise TrashError(f"--gpus and --parallel must be at least 1, got {gpus} and {parallel}")
+    if parallel > 1 and fold != "all":
+        raise TrashError("--parallel N trains folds side by side: use it with --fold all")
     if gpus > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this command in `gpus` processes
         import subprocess
         import sys
@@ -146,7 +151,7 @@ def fit(
         raise TrashError("give a RECIPE file to train, or --resume RUN_DIR to continue a run")
     overrides = list(set_ or [])
     if fold == "all":
-        group = train.fit_folds(recipe, overrides, out, debug)
+        group = train.fit_folds(recipe, overrides, out, debug, parallel)
         if is_main():
             _print_group(group)
         return

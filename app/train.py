@@ -191,6 +191,7 @@ def resume(run_dir: str | Path) -> Path:
     Raises:
         TrashError: Not a run directory, a finished run, changed data, or no intact checkpoint.
     """
+    distributed.init()
     run = Path(run_dir).resolve()
     if (run / FOLDS).is_file():
         if (run / "summary.json").is_file():
@@ -411,8 +412,13 @@ def _fingerprint(items) -> str:
     return hashlib.sha256(repr(sorted(items.fingerprints.items())).encode()).hexdigest()[:16]
 
 
-def fit_folds(recipe_file: str | Path, overrides=(), out: str | Path = "runs", debug: bool = False) -> Path:
+def fit_folds(
+    recipe_file: str | Path, overrides=(), out: str | Path = "runs", debug: bool = False, parallel: int = 1
+) -> Path:
     """Trains every fold of the recipe's data.split into one run group `<out>/<recipe>/<time>-folds/fold<k>/`.
+
+    With `parallel` > 1, that many folds train at once, each in its own process (one GPU each, or a share of
+    the CPU cores).
 
     The group's summary.json has each fold's mIoU and the out-of-fold mIoU from the summed confusion matrices.
     """
@@ -427,25 +433,56 @@ def fit_folds(recipe_file: str | Path, overrides=(), out: str | Path = "runs", d
         spec = {"folds": len(folds), "overrides": list(overrides), "debug": debug, "recipe": recipe.to_dict()}
         write_json(group / FOLDS, spec)
     group = distributed.broadcast_object(group if distributed.is_main() else None)
-    return _fit_group(group)
+    return _fit_group(group, parallel)
 
 
-def _fit_group(group: Path) -> Path:
-    """Trains the folds of a group that have not finished: resumes started ones, starts the others."""
+def _fit_fold(group: Path, k: int) -> Path:
+    """Trains fold k of a group unless it has finished: resumes it when started, starts it otherwise."""
+    spec = json.loads((group / FOLDS).read_text())
+    run = group / f"fold{k}"
+    if (run / "resolved.json").is_file() and not (run / "metrics.json").is_file():
+        resume(run)
+    elif not (run / "metrics.json").is_file():
+        base = recipe_from_dict(spec["recipe"])
+        recipe = dataclasses.replace(base, data=dataclasses.replace(base.data, fold=k))
+        overrides = [*spec["overrides"], f"data.fold={k}"]
+        fit(group / "recipe.py", overrides, debug=spec["debug"], run_dir=run, recipe=recipe)
+    return run
+
+
+def _fold_worker(group: Path, k: int, slot: int, slots: int) -> Path:
+    """One fold in its own process (`--parallel`): GPU `slot` when there are GPUs, else a share of the CPU cores."""
+    import os
+
+    if torch.cuda.device_count():
+        torch.cuda.set_device(slot % torch.cuda.device_count())  # fastai's default_device is the current one
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // slots))
+    return _fit_fold(group, k)
+
+
+def _fit_folds_in_parallel(group: Path, folds: int, parallel: int) -> None:
+    """Trains the folds `parallel` at a time, each in its own process (one per GPU when there are GPUs)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if distributed.active():
+        raise TrashError("--parallel trains folds side by side; it cannot be combined with --gpus (data parallel)")
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_fold_worker, group, k, k % parallel, parallel) for k in range(folds)]
+        for job in jobs:
+            job.result()  # a fold's error (e.g. TrashError) is raised here, after the others have finished
+
+
+def _fit_group(group: Path, parallel: int = 1) -> Path:
+    """Trains the folds of a group that have not finished (`parallel` at a time), then writes summary.json."""
     from app.metrics import iou_report
 
     spec = json.loads((group / FOLDS).read_text())
     base = recipe_from_dict(spec["recipe"])
-    runs = []
-    for k in range(spec["folds"]):
-        run = group / f"fold{k}"
-        if (run / "resolved.json").is_file() and not (run / "metrics.json").is_file():
-            resume(run)
-        elif not (run / "metrics.json").is_file():
-            recipe = dataclasses.replace(base, data=dataclasses.replace(base.data, fold=k))
-            overrides = [*spec["overrides"], f"data.fold={k}"]
-            fit(group / "recipe.py", overrides, debug=spec["debug"], run_dir=run, recipe=recipe)
-        runs.append(run)
+    if parallel > 1:
+        _fit_folds_in_parallel(group, spec["folds"], parallel)
+    runs = [_fit_fold(group, k) for k in range(spec["folds"])]  # with --parallel: all finished already
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
     cm = np.sum([np.array(m["confusion_matrix"]) for m in metrics], axis=0)
     summary = {

@@ -1,18 +1,21 @@
 """Data-parallel training on CPU: 2 gloo processes (torchrun, as `trash fit --gpus 2` launches them) vs 1 process."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from app.cli import app
 from tests.conftest import REPO, write_recipe
 
-# Two processes see other augmentation draws and BatchNorm statistics over half the batch, so the two runs are
-# not bit-identical; on the demo data they agree to within this mIoU (measured: see docs/distributed.md).
-TOLERANCE = 0.05
+# GroupNorm and no augmentation: the 2-process run differs from the 1-process one only in which images share a
+# step (fastai gives each rank a contiguous half of the shuffled order). Measured on the demo data, 3 epochs:
+# 1 process 0.3958 / 0.3913 (seeds 42 / 43), 2 processes 0.3853 (docs/distributed.md).
+TOLERANCE = 0.03
 
 
 def _fit(recipe, out, *extra):
@@ -34,7 +37,13 @@ def _runs(out):
 
 
 def test_two_gloo_processes_train_like_one_with_the_same_effective_batch(demo, tmp_path):
-    recipe = write_recipe(tmp_path / "ddp.py", demo, data=dict(batch_size=4, size=64), train=dict(epochs=3, lr=3e-3))
+    recipe = write_recipe(
+        tmp_path / "ddp.py",
+        demo,
+        data=dict(batch_size=4, size=64, augment="none"),
+        model=dict(norm="group"),
+        train=dict(epochs=3, lr=3e-3),
+    )
     _fit(recipe, tmp_path / "one", "--set", "data.batch_size=8")
     two = _fit(recipe, tmp_path / "two", "--gpus", "2")
     (single,), (parallel,) = _runs(tmp_path / "one"), _runs(tmp_path / "two")  # exactly one run directory each
@@ -64,3 +73,77 @@ def test_the_launch_command_is_torchrun_running_the_app(n):
     cmd = launch_command(n, ["fit", "r.py"])
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and f"--nproc_per_node={n}" in cmd
     assert cmd[-4:] == ["-m", "app", "fit", "r.py"]
+
+
+def test_parallel_folds_train_side_by_side_like_one_after_the_other(demo, tmp_path):
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    data = json.loads(open(demo["train"]).read())
+    for i, image in enumerate(data["images"]):
+        image["video"] = f"v{i % 4}"
+    (tmp_path / "all.json").write_text(json.dumps(data))
+    split = ["data", "split", str(tmp_path / "all.json"), "--folds", "2", "--group", "video"]
+    assert runner.invoke(app, [*split, "--out", str(tmp_path / "split")]).exit_code == 0
+    recipe = write_recipe(
+        tmp_path / "f.py", demo, data={"split": str(tmp_path / "split"), "annotations": ""}, train={"epochs": 1}
+    )
+    summaries = []
+    for extra in ([], ["--parallel", "2"]):
+        out = tmp_path / f"runs{len(extra)}"
+        result = runner.invoke(app, ["fit", str(recipe), "--fold", "all", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        summaries.append(json.loads((next((out / "f").glob("*-folds")) / "summary.json").read_text()))
+    sequential, parallel = summaries
+    assert set(parallel["folds"]) == {"fold0", "fold1"}
+    for fold, miou in sequential["folds"].items():  # same seeds; only the CPU threads per process differ
+        assert parallel["folds"][fold] == pytest.approx(miou, abs=0.01)
+    bad = runner.invoke(app, ["fit", str(recipe), "--parallel", "2", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--fold all" in bad.output
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_killed_distributed_run_resumes_distributed(demo, tmp_path):
+    import signal
+
+    from tests.test_resume import checkpoint_epochs, wait_for_checkpoint
+
+    recipe = write_recipe(
+        tmp_path / "k.py", demo, data=dict(batch_size=4, size=64), model=dict(norm="group"), train=dict(epochs=3)
+    )
+    out, log = tmp_path / "runs", (tmp_path / "fit.log").open("w")
+    cmd = [sys.executable, "-m", "app", "fit", str(recipe), "--out", str(out), "--gpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run = wait_for_checkpoint(out, 1, alive=lambda: proc.poll() is None)
+    finally:
+        for pid in [*_descendants(proc.pid), proc.pid]:  # both ranks (torchrun starts them in their own sessions)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    assert checkpoint_epochs(run) >= 1 and not (run / "metrics.json").exists()
+    _fit_resume = subprocess.run(
+        [sys.executable, "-m", "app", "fit", "--resume", str(run), "--gpus", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert _fit_resume.returncode == 0, _fit_resume.stdout[-3000:] + _fit_resume.stderr[-3000:]
+    epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]  # each epoch once, written by rank 0 only
+    assert (run / "metrics.json").is_file() and json.loads((run / "resolved.json").read_text())["distributed"]
