@@ -269,6 +269,12 @@ def predict(
     save_probs: Annotated[
         bool, typer.Option(help="Also write probs/*.npy (fp16): the folder can then be an ensemble member")
     ] = False,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option(
+            help="Leave corrupt or truncated images out (warned, listed in predictions.json) instead of stopping"
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass")] = 8,
 ):
     """Predict class masks (PNG, original size), colour overlays and the competition submission.csv.
@@ -288,7 +294,8 @@ def predict(
     from app.images import screen_listed
     from app.predict import predict as run_predict
 
-    screen_listed(images, data)  # corrupt or truncated images: all named now, not a traceback later
+    if not skip_bad_images:
+        screen_listed(images, data)  # corrupt or truncated images: all named now, not a traceback later
     summary = run_predict(
         models,
         images,
@@ -305,7 +312,10 @@ def predict(
         crf=crf,
         overlays=overlays,
         save_probs=save_probs,
+        skip_bad_images=skip_bad_images,
     )
+    for message in summary["skipped"]:
+        typer.echo(f"skipped    {message}", err=True)
     typer.echo(f"{summary['images']} images, {len(summary['members'])} member(s), TTA: {', '.join(summary['tta'])}")
     typer.echo(f"masks      {summary['masks']}")
     if summary["overlays"]:

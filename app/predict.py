@@ -264,6 +264,7 @@ def predict(
     crf: bool = False,
     overlays: bool = True,
     save_probs: bool = False,
+    skip_bad_images: bool = False,
 ) -> dict:
     """Predicts every image and writes, under `out`:
 
@@ -289,6 +290,11 @@ def predict(
         if classes != list(codes):
             raise TrashError(f"the model predicts {classes} but {data} has classes {list(codes)}")
     pairs = list_images(images, data)
+    skipped: list[str] = []
+    if skip_bad_images:  # corrupt or truncated files are left out (and get no submission row), with a warning
+        from app.images import screen_images
+
+        pairs, skipped = screen_images(pairs, skip=True)
     out = Path(out)
     masks, overlay_dir, probs_dir = out / "masks", out / "overlays", out / "probs"
     csv_path = out / "submission.csv"
@@ -328,6 +334,7 @@ def predict(
         save_grid(*map(list, zip(*preview)), classes, out / "preview.png")
     summary = {
         "images": len(pairs),
+        "skipped": skipped,
         "masks": str(masks),
         "overlays": str(overlay_dir) if overlays else None,
         "preview": str(out / "preview.png") if preview else None,

@@ -226,3 +226,18 @@ def test_ensemble_chooses_on_out_of_fold_data_and_prints_the_command(trained_run
 def test_ensemble_needs_runs_with_out_of_fold_predictions(tmp_path):
     result = invoke("ensemble", tmp_path, code=2)
     assert "oof.npz" in result.output
+
+
+def test_corrupt_images_stop_predict_unless_skipped(trained_run, demo, tmp_path):
+    first = json.loads(Path(demo["test"]).read_text())["images"][0]["file_name"]
+    (tmp_path / "in").mkdir()
+    good = (Path(demo["images"]) / first).read_bytes()
+    (tmp_path / "in" / "good.jpg").write_bytes(good)
+    (tmp_path / "in" / "cut.jpg").write_bytes(good[: len(good) // 3])  # a truncated download
+    result = invoke("predict", trained_run, "--images", tmp_path / "in", "--out", tmp_path / "a", code=2)
+    assert "cut.jpg" in result.output and not (tmp_path / "a" / "submission.csv").exists()
+    result = invoke("predict", trained_run, "--images", tmp_path / "in", "--skip-bad-images", "--out", tmp_path / "b")
+    assert "skipped" in result.output and "cut.jpg" in result.output
+    rows = list(csv.DictReader((tmp_path / "b" / "submission.csv").open()))
+    assert [r["image_id"] for r in rows] == ["good.jpg"]
+    assert json.loads((tmp_path / "b" / "predictions.json").read_text())["skipped"][0].startswith("cut.jpg")
