@@ -98,9 +98,13 @@ def load_export(path: str | Path, cpu: bool = True):
     verify(path)
     if path.suffix == ".pth":
         return learner_from_weights(path, cpu=cpu)
+    import warnings
+
     from fastai.learner import load_learner
 
-    return load_learner(path, cpu=cpu)
+    with warnings.catch_warnings():  # fastai warns on every load that pickles run code: verify() checked it
+        warnings.filterwarnings("ignore", message=".*insecure pickle module", category=UserWarning)
+        return load_learner(path, cpu=cpu)
 
 
 def learner_from_weights(path: str | Path, cpu: bool = True):
