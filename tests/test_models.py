@@ -229,3 +229,109 @@ def test_unreadable_weights_file_is_a_clear_error(tmp_path):
 
 def test_count_parameters():
     assert count_parameters(torch.nn.Linear(3, 2)) == 8
+
+
+# -- decoder options (model.decoder_widths, last_cross, blur, self_attention) ---------------------------------------
+
+
+SMP_WIDTHS = (256, 128, 64, 32, 16)
+
+
+def decoder_channels(model) -> list[tuple[int, int]]:
+    """(output channels, output side) of each decoder block and of the final pixel shuffle, for a 64 px input."""
+    from fastai.layers import PixelShuffle_ICNR
+    from fastai.vision.models.unet import UnetBlock
+
+    found = []
+    hooks = [
+        m.register_forward_hook(lambda _, __, out: found.append((out.shape[1], out.shape[-1])))
+        for m in model
+        if isinstance(m, (UnetBlock, PixelShuffle_ICNR))
+    ]
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    return found
+
+
+def test_empty_decoder_widths_build_fastais_dynamic_unet_exactly():
+    from fastai.vision.all import DynamicUnet
+
+    from app.models import Unet, create_timm, encoder_stages
+
+    cfg = Model(encoder="regnetx_002", decoder_widths=())
+    torch.manual_seed(0)
+    ours = build_model(cfg, 3, 64)[0]
+    torch.manual_seed(0)
+    fastai = DynamicUnet(encoder_stages(create_timm(cfg)), 3, (64, 64))
+    assert isinstance(ours, Unet) and isinstance(ours, DynamicUnet)
+    assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in fastai]
+    assert count_parameters(ours) == count_parameters(fastai)
+    assert decoder_channels(ours) == decoder_channels(fastai)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "efficientnet_b0"])
+def test_decoder_widths_set_the_channels_at_each_resolution(encoder):
+    model = build_model(Model(encoder=encoder, decoder_widths=SMP_WIDTHS, last_cross=False), 3, 64)[0]
+    assert decoder_channels(model) == [(256, 4), (128, 8), (64, 16), (32, 32), (16, 64)]  # 1/16 .. 1/1
+    norms = [type(m).__name__ for part in list(model)[1:] for m in part.modules() if "Norm" in type(m).__name__]
+    assert norms == ["BatchNorm2d"] * 5  # fastai's: the encoder output and the four skips, no norm in the convs
+
+
+def test_decoder_widths_fit_a_transformer_whose_finest_skip_is_at_one_quarter():
+    model = build_model(Model(encoder=TRANSFORMER, decoder_widths=SMP_WIDTHS), 3, 64)[0]
+    assert decoder_channels(model) == [(256, 4), (128, 8), (64, 16), (32, 32)]  # then a nearest resize to 64
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_width_at_maps_strides_to_levels_and_clamps():
+    from app.models import width_at
+
+    assert [width_at(SMP_WIDTHS, s) for s in (32, 16, 8, 4, 2, 1)] == [256, 256, 128, 64, 32, 16]
+    assert [width_at((64, 32), s) for s in (16, 2, 1)] == [64, 64, 32]  # short tuples: the last two levels
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(last_cross=True),
+        dict(last_cross=True, bottle=True),
+        dict(last_cross=True, bottle=True, decoder_widths=()),  # fastai's own head ignored the bottleneck
+        dict(blur=True),
+        dict(self_attention=True),
+    ],
+)
+def test_decoder_options_train_at_two_sizes_and_export(options):
+    options = {"decoder_widths": (64, 32, 16, 16, 8), **options}
+    model = build_model(Model(encoder="resnet18", **options), 3, 32)[0]
+    model.train()
+    for size in (32, 64):
+        x = torch.randn(2, 3, size, size, requires_grad=True)
+        out = model(x)
+        assert out.shape == (2, 3, size, size)
+        out.square().mean().backward()
+        assert torch.isfinite(x.grad).all()
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(round_trip(model)(x), model(x))
+
+
+def test_skip_gradient_is_dense_in_its_inputs_layout_and_unchanged():
+    from app.models import _SkipGrad
+
+    x = torch.randn(2, 4, 8, 8).to(memory_format=torch.channels_last).requires_grad_(True)
+    seen = []
+    x.register_hook(lambda g: seen.append(g))
+    torch.cat([torch.ones(2, 3, 8, 8), _SkipGrad.apply(x)], 1).to(memory_format=torch.channels_last).sum().backward()
+    (grad,) = seen
+    assert grad.is_contiguous(memory_format=torch.channels_last) and torch.equal(grad, torch.ones_like(x))
+
+
+def test_default_decoder_is_no_slower_than_fastais_by_flops():
+    from app.models import forward_flops
+
+    default = build_model(Model(), 3, 64)[0]
+    fastai = build_model(Model(decoder_widths=()), 3, 64)[0]
+    assert forward_flops(default, 64) <= forward_flops(fastai, 64)
