@@ -61,11 +61,18 @@ class AlbumentationsTransform(ItemTransform):
         return PILImage.create(out["image"]), PILMask.create(out["mask"])
 
     def _reseed_in_worker(self):
-        """Each DataLoader worker holds a copy of the seeded Compose; without this they all draw the same."""
+        """Each DataLoader worker holds a copy of the seeded Compose; without this they all draw the same.
+
+        A worker is one core's worth of work (fastai gives it one torch thread): OpenCV's own thread pool is
+        switched off too, else N workers run N x cores OpenCV threads. 0, not 1: `setNumThreads(1)` in a forked
+        child of a process that used the pool hangs (opencv-python-headless 4.x, reproduced here).
+        """
+        import cv2
         import torch
 
         info = torch.utils.data.get_worker_info()
         if info is not None and self._worker != (info.id, info.seed):
+            cv2.setNumThreads(0)
             self._worker = (info.id, info.seed)  # info.seed differs per worker and per epoch
             self.aug.set_random_state(np.random.default_rng(info.seed), random.Random(info.seed))
 
