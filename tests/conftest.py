@@ -58,3 +58,21 @@ def trained_run(demo, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     recipe = write_recipe(root / "tiny.py", demo)
     return fit(recipe, out=root / "runs")
+
+
+def fold_split(tmp_path: Path, demo: dict[str, Path], folds: int = 2) -> Path:
+    """A `trash data split` folder of the demo training json: `folds` folds grouped by a made-up video field."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    data = json.loads(Path(demo["train"]).read_text())
+    for i, image in enumerate(data["images"]):
+        image["video"] = f"v{i % 4}"
+    (tmp_path / "all.json").write_text(json.dumps(data))
+    split = ["data", "split", str(tmp_path / "all.json"), "--folds", str(folds), "--group", "video"]
+    result = CliRunner().invoke(app, [*split, "--out", str(tmp_path / "split")])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "split"

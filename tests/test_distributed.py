@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import app
-from tests.conftest import REPO, write_recipe
+from tests.conftest import REPO, fold_split, write_recipe
 
 # GroupNorm and no augmentation: the 2-process run differs from the 1-process one only in which images share a
 # step (fastai gives each rank a contiguous half of the shuffled order). Measured on the demo data, 3 epochs:
@@ -79,15 +79,8 @@ def test_parallel_folds_train_side_by_side_like_one_after_the_other(demo, tmp_pa
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    data = json.loads(open(demo["train"]).read())
-    for i, image in enumerate(data["images"]):
-        image["video"] = f"v{i % 4}"
-    (tmp_path / "all.json").write_text(json.dumps(data))
-    split = ["data", "split", str(tmp_path / "all.json"), "--folds", "2", "--group", "video"]
-    assert runner.invoke(app, [*split, "--out", str(tmp_path / "split")]).exit_code == 0
-    recipe = write_recipe(
-        tmp_path / "f.py", demo, data={"split": str(tmp_path / "split"), "annotations": ""}, train={"epochs": 1}
-    )
+    split = fold_split(tmp_path, demo)
+    recipe = write_recipe(tmp_path / "f.py", demo, data={"split": str(split), "annotations": ""}, train={"epochs": 1})
     summaries = []
     for extra in ([], ["--parallel", "2"]):
         out = tmp_path / f"runs{len(extra)}"

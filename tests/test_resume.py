@@ -27,7 +27,7 @@ from app.checkpoint import (
 from app.cli import app
 from app.errors import TrashError
 from app.train import fit, prepare, resume
-from tests.conftest import REPO, write_recipe
+from tests.conftest import REPO, fold_split, write_recipe
 
 runner = CliRunner()
 #: two progressive-resizing stages, so that resuming crosses a stage boundary; 12 training images, 3 batches
@@ -143,16 +143,11 @@ def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(reference,
 
 
 def test_an_interrupted_fold_group_resumes_the_unfinished_folds(demo, tmp_path):
-    data = json.loads(Path(demo["train"]).read_text())
-    for i, image in enumerate(data["images"]):
-        image["video"] = f"v{i % 4}"
-    (tmp_path / "all.json").write_text(json.dumps(data))
-    split = ["data", "split", str(tmp_path / "all.json"), "--folds", "2", "--group", "video"]
-    assert runner.invoke(app, [*split, "--out", str(tmp_path / "split")]).exit_code == 0
+    split = fold_split(tmp_path, demo)
     recipe = write_recipe(
         tmp_path / "f.py",
         demo,
-        data={"split": str(tmp_path / "split"), "annotations": "", "size": 32, "fraction": 0.5},
+        data={"split": str(split), "annotations": "", "size": 32, "fraction": 0.5},
         train={"epochs": 2},
     )
     out = tmp_path / "runs"
