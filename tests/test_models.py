@@ -260,7 +260,7 @@ def test_empty_decoder_widths_build_fastais_dynamic_unet_exactly():
 
     from app.models import Unet, create_timm, encoder_stages
 
-    cfg = Model(encoder="regnetx_002", decoder_widths=())
+    cfg = Model(encoder="regnetx_002", decoder_widths=(), last_cross=True)  # fastai's defaults
     torch.manual_seed(0)
     ours = build_model(cfg, 3, 64)[0]
     torch.manual_seed(0)
