@@ -46,17 +46,20 @@ class Data:
 
 @dataclass(frozen=True)
 class Model:
-    arch: str = "unet"  # unet (fastai DynamicUnet) | deeplabv3plus | fpn | unetplusplus | upernet | segformer (smp)
+    arch: str = "unet"  # unet (fastai DynamicUnet) | smp: smp_unet deeplabv3plus fpn unetplusplus upernet segformer
     encoder: str = "resnet18"  # any timm model with features_only support
     pretrained: bool = False  # timm weights (local cache or hub); fails clearly offline
     weights: str = ""  # local encoder weights file (.safetensors/.pth, timm or torchvision names); implies pretrained
     norm: str = "batch"  # batch | group (small micro-batches) | frozen_bn (pretrained statistics kept)
     blur: bool = False  # DynamicUnet: blur after pixel shuffle (fewer checkerboard artefacts)
     self_attention: bool = False  # DynamicUnet: self-attention in the third-to-last decoder block
-    last_cross: bool = True  # DynamicUnet: full-resolution ResBlock over decoder output + input image
+    # DynamicUnet: full-resolution ResBlock over decoder output + input image (fastai's default True; costs 10-25%
+    # of training speed: docs/benchmarks.md)
+    last_cross: bool = False
     bottle: bool = False  # DynamicUnet: bottleneck in that last ResBlock
-    # DynamicUnet decoder channels at 1/16, 1/8, 1/4, 1/2, 1/1 of the input (as smp's decoder_channels); () = fastai's
-    decoder_widths: tuple[int, ...] = ()
+    # DynamicUnet decoder channels at 1/16, 1/8, 1/4, 1/2, 1/1 of the input, as smp's decoder_channels; () = fastai's
+    # widths (up_in/2 + skip channels: 5x the FLOPs of resnet18's default, 2.4x effb4's; docs/benchmarks.md)
+    decoder_widths: tuple[int, ...] = (256, 128, 64, 32, 16)
     freeze_epochs: int = 0  # pretrained encoders: epochs with the encoder frozen before unfreezing everything
     encoder_lr_div: float = 10.0  # after unfreezing, the encoder trains at lr / this (discriminative lrs)
 

