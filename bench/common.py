@@ -20,3 +20,93 @@ def best_time(fn, repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def side_by_side(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Best wall time (seconds) of each callable, the sides interleaved (A B C, B C A, ...) so that a burst of
+    load from another process on this 2-core machine hits every side alike; `warmup` untimed calls each first."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    best = {name: float("inf") for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def device():
+    """CUDA when there is a GPU (the bench's GPU rows), else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def autocast(precision: str):
+    """fp32: nothing; bf16 / fp16: torch autocast on the bench device (fp16 only on CUDA)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device().type, dtype=dtype)
+
+
+def train_step(model, batch: int, size: int, n_classes: int, precision: str = "fp32", channels_last: bool = False):
+    """A callable doing one AdamW step of `model` on a fixed random batch (cross-entropy), as `fit` would."""
+    import torch
+    import torch.nn.functional as F
+
+    dev = device()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt).train()
+    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, n_classes, (batch, size, size), device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+
+    def step():
+        with autocast(precision):
+            loss = F.cross_entropy(plain(model(x)).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def infer_step(model, batch: int, size: int, precision: str = "fp32", channels_last: bool = False):
+    """A callable doing one inference forward (eval mode, inference_mode) of a fixed random batch."""
+    import torch
+
+    dev = device()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt).eval()
+    x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
+
+    def forward():
+        with torch.inference_mode(), autocast(precision):
+            model(x)
+
+    return forward
+
+
+def plain(t):
+    """fastai's TensorBase as a plain tensor (its __torch_function__ costs a little on every op)."""
+    import torch
+
+    return t.as_subclass(torch.Tensor) if type(t) is not torch.Tensor else t

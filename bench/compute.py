@@ -1,0 +1,72 @@
+"""Compute efficiency: GFLOP/s a training step of trash's default Unet achieves, over the machine's measured
+ceiling for dense 3x3 convolutions (forward + backward) in the same precision and layout.
+
+FLOPs are counted by torch's FlopCounterMode over one forward and backward (2 FLOPs per multiply-add;
+convolutions and matmuls only, so element-wise work is not credited).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from app.models import build_model
+from app.recipe import Model
+from bench.common import autocast, device, plain, row, side_by_side, train_step
+
+ENCODERS = ("resnet18", "efficientnet_b4")
+CLASSES = 11
+PRECISION = "bf16"
+
+
+def conv_ceiling(precision: str, channels: int = 128, side: int = 64, batch: int = 8) -> float:
+    """GFLOP/s of a dense 3x3 convolution, forward and backward, channels-last: the best this machine does."""
+    dev = device()
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(dev, memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, side, side, device=dev).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def step():
+        with autocast(precision):
+            out = conv(x)
+        out.float().sum().backward()
+
+    flops = 3 * 2 * batch * channels * channels * 9 * side * side  # forward, grad input, grad weight
+    return flops / 1e9 / side_by_side({"conv": step}, repeat=3)["conv"]
+
+
+def step_flops(model, batch: int, size: int) -> int:
+    """FLOPs of one training forward + backward (counted at fp32; autocast does not change the count)."""
+    dev = device()
+    model = model.to(dev).train()
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, CLASSES, (batch, size, size), device=dev)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(plain(model(x)), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def run() -> list[dict]:
+    size, batch = (512, 16) if device().type == "cuda" else (256, 8)
+    ceiling = max(conv_ceiling(PRECISION), conv_ceiling(PRECISION, channels=256, side=32))
+    rows = []
+    for encoder in ENCODERS:
+        model = build_model(Model(encoder=encoder), CLASSES, size)[0]
+        flops = step_flops(model, batch, size)
+        seconds = side_by_side({"step": train_step(model, batch, size, CLASSES, PRECISION, True)}, repeat=3)["step"]
+        achieved = flops / 1e9 / seconds
+        rows.append(
+            row(
+                f"compute {encoder} train step: achieved / dense-conv ceiling GFLOP/s",
+                achieved / ceiling,
+                ">= 0.4",
+                achieved / ceiling >= 0.4,
+                achieved_gflop_s=round(achieved, 1),
+                ceiling_gflop_s=round(ceiling, 1),
+                step_gflop=round(flops / 1e9, 1),
+                img_s=round(batch / seconds, 2),
+                setting=f"{size} px, batch {batch}, {PRECISION}, channels_last, {device().type}",
+            )
+        )
+    return rows

@@ -1,0 +1,94 @@
+"""Model speed: trash's default Unet (fastai DynamicUnet, `model.decoder_widths`) against smp's Unet with the same
+encoder, size and precision: training and inference images/s, measured side by side.
+
+CPU: 256 px, batch 8, the recipes' precision (bf16 autocast, channels-last). GPU: 512 px, batch 16, bf16.
+Encoders: resnet18 (the schema's default) and efficientnet_b4 (recipes/unet_effb4.py). Random weights
+(speed does not depend on them) and 11 classes, as the reference dataset.
+"""
+
+from app.models import build_model, count_parameters, forward_flops
+from app.recipe import Model
+from bench.common import device, infer_step, row, side_by_side, train_step
+
+ENCODERS = ("resnet18", "efficientnet_b4")
+CLASSES = 11
+#: DynamicUnet options the default leaves off, timed against the default (accuracy: docs/benchmarks.md)
+OPTIONS = {"last_cross": dict(last_cross=True), "blur": dict(blur=True), "self_attention": dict(self_attention=True)}
+OPTIONS["fastai widths"] = dict(decoder_widths=())
+
+
+def setting() -> dict:
+    """Size, batch, precision and layout of the comparison on this machine."""
+    if device().type == "cuda":
+        return dict(size=512, batch=16, precision="bf16", channels_last=True)
+    return dict(size=256, batch=8, precision="bf16", channels_last=True)
+
+
+def models(encoder: str, size: int) -> dict:
+    """{"trash": the default Unet, "smp": smp.Unet}, both with `encoder`."""
+    return {
+        "trash": build_model(Model(encoder=encoder), CLASSES, size)[0],
+        "smp": build_model(Model(arch="smp_unet", encoder=encoder), CLASSES, size)[0],
+    }
+
+
+def run() -> list[dict]:
+    s = setting()
+    rows = []
+    for encoder in ENCODERS:
+        built = models(encoder, s["size"])
+        gflops = {name: round(forward_flops(m.to(device()), s["size"]) / 1e9, 1) for name, m in built.items()}
+        params = {name: round(count_parameters(m) / 1e6, 1) for name, m in built.items()}
+        options = dict(precision=s["precision"], channels_last=s["channels_last"])
+        for mode, make, repeat in (("train", train_step, 3), ("inference", infer_step, 4)):
+            if mode == "train":
+                steps = {n: make(m, s["batch"], s["size"], CLASSES, **options) for n, m in built.items()}
+            else:
+                steps = {n: make(m, s["batch"], s["size"], **options) for n, m in built.items()}
+            best = side_by_side(steps, repeat=repeat)
+            ips = {name: s["batch"] / seconds for name, seconds in best.items()}
+            rows.append(
+                row(
+                    f"model {encoder} {mode}: trash Unet / smp.Unet img/s",
+                    ips["trash"] / ips["smp"],
+                    ">= 1.0",
+                    ips["trash"] >= ips["smp"],
+                    trash_img_s=round(ips["trash"], 2),
+                    smp_img_s=round(ips["smp"], 2),
+                    trash_gflop=gflops["trash"],
+                    smp_gflop=gflops["smp"],
+                    trash_params_m=params["trash"],
+                    smp_params_m=params["smp"],
+                    setting=f"{s['size']} px, batch {s['batch']}, {s['precision']}, channels_last, {device().type}",
+                )
+            )
+    return rows + option_rows(s)
+
+
+def option_rows(s: dict, encoder: str = "resnet18") -> list[dict]:
+    """Training img/s of the default Unet with one decoder option switched on, over the default's."""
+    options = dict(precision=s["precision"], channels_last=s["channels_last"])
+    variants = {"default": {}, **OPTIONS}
+    steps = {
+        name: train_step(
+            build_model(Model(encoder=encoder, **change), CLASSES, s["size"])[0],
+            s["batch"],
+            s["size"],
+            CLASSES,
+            **options,
+        )
+        for name, change in variants.items()
+    }
+    best = side_by_side(steps, repeat=3)
+    return [
+        row(
+            f"decoder option {encoder} train: {name} / default img/s",
+            best["default"] / best[name],
+            "report",
+            None,
+            img_s=round(s["batch"] / best[name], 2),
+            default_img_s=round(s["batch"] / best["default"], 2),
+            change=", ".join(f"{k}={v}" for k, v in OPTIONS[name].items()),
+        )
+        for name in OPTIONS
+    ]

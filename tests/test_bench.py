@@ -1,0 +1,38 @@
+"""Benchmark helpers (bench/): side-by-side timing, rows, the table, the timed steps; every bench is registered."""
+
+import importlib
+
+import pytest
+import torch
+
+from bench.common import infer_step, row, side_by_side, train_step
+from bench.run import BENCHES, markdown
+
+
+def test_side_by_side_interleaves_the_sides_and_keeps_each_best():
+    calls = []
+    best = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the order rotates each round
+    assert set(best) == {"a", "b"} and all(0 <= s < 1 for s in best.values())
+
+
+def test_rows_and_table():
+    r = row("x / y", 1.23456, ">= 1", True, x_s=2.0)
+    assert r == {"name": "x / y", "value": 1.2346, "target": ">= 1", "holds": True, "figures": {"x_s": 2.0}}
+    table = markdown([r, row("z", 0.5, "report", None), row("w", 0.5, ">= 1", False)])
+    assert "| x / y | 1.2346 | >= 1 | yes | x_s=2.0 |" in table
+    assert "| z | 0.5 | report | - |" in table and "| **no** |" in table
+
+
+@pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", True)])
+def test_timed_steps_train_and_infer_a_model(precision, channels_last):
+    model = torch.nn.Conv2d(3, 4, 3, padding=1)
+    before = model.weight.detach().clone()
+    train_step(model, batch=2, size=16, n_classes=4, precision=precision, channels_last=channels_last)()
+    assert not torch.equal(model.weight, before)
+    infer_step(model, batch=2, size=16, precision=precision, channels_last=channels_last)()
+
+
+def test_every_bench_has_a_run_function():
+    for name in BENCHES:
+        assert callable(importlib.import_module(name).run), name
