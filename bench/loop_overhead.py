@@ -92,7 +92,7 @@ def run() -> list[dict]:
             "fastai": fastai_epoch(same_model(), train, valid, precision, channels_last),
             "plain": plain_epoch(same_model(), train, valid, precision, channels_last),
         }
-        best = side_by_side(sides, repeat=4)
+        best = side_by_side(sides, repeat=3)
         label = "fp32" if precision == "fp32" else f"{precision} + channels_last"
         rows.append(
             row(

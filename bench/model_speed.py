@@ -6,6 +6,8 @@ Encoders: resnet18 (the schema's default) and efficientnet_b4 (recipes/unet_effb
 (speed does not depend on them) and 11 classes, as the reference dataset.
 """
 
+import torch
+
 from app.models import build_model, count_parameters, forward_flops
 from app.recipe import Model
 from bench.common import device, infer_step, row, side_by_side, train_step
@@ -14,7 +16,6 @@ ENCODERS = ("resnet18", "efficientnet_b4")
 CLASSES = 11
 #: DynamicUnet options the default leaves off, timed against the default (accuracy: docs/benchmarks.md)
 OPTIONS = {"last_cross": dict(last_cross=True), "blur": dict(blur=True), "self_attention": dict(self_attention=True)}
-OPTIONS["fastai widths"] = dict(decoder_widths=())
 
 
 def setting() -> dict:
@@ -38,9 +39,13 @@ def run() -> list[dict]:
     for encoder in ENCODERS:
         built = models(encoder, s["size"])
         gflops = {name: round(forward_flops(m.to(device()), s["size"]) / 1e9, 1) for name, m in built.items()}
+        fastai_cfg = Model(encoder=encoder, decoder_widths=(), last_cross=True)  # fastai's DynamicUnet defaults
+        with torch.device("meta"):  # shapes only, for the FLOP figure
+            fastai_default = build_model(fastai_cfg, CLASSES, s["size"])[0]
+        gflops["fastai"] = round(forward_flops(fastai_default, s["size"]) / 1e9, 1)
         params = {name: round(count_parameters(m) / 1e6, 1) for name, m in built.items()}
         options = dict(precision=s["precision"], channels_last=s["channels_last"])
-        for mode, make, repeat in (("train", train_step, 3), ("inference", infer_step, 4)):
+        for mode, make, repeat in (("train", train_step, 2), ("inference", infer_step, 3)):
             if mode == "train":
                 steps = {n: make(m, s["batch"], s["size"], CLASSES, **options) for n, m in built.items()}
             else:
@@ -57,6 +62,7 @@ def run() -> list[dict]:
                     smp_img_s=round(ips["smp"], 2),
                     trash_gflop=gflops["trash"],
                     smp_gflop=gflops["smp"],
+                    fastai_dynamic_unet_gflop=gflops["fastai"],
                     trash_params_m=params["trash"],
                     smp_params_m=params["smp"],
                     setting=f"{s['size']} px, batch {s['batch']}, {s['precision']}, channels_last, {device().type}",
@@ -79,7 +85,7 @@ def option_rows(s: dict, encoder: str = "resnet18") -> list[dict]:
         )
         for name, change in variants.items()
     }
-    best = side_by_side(steps, repeat=3)
+    best = side_by_side(steps, repeat=2)
     return [
         row(
             f"decoder option {encoder} train: {name} / default img/s",
