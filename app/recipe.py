@@ -58,7 +58,7 @@ class Model:
     last_cross: bool = False
     bottle: bool = False  # DynamicUnet: bottleneck in that last ResBlock
     # DynamicUnet decoder channels at 1/16, 1/8, 1/4, 1/2, 1/1 of the input, as smp's decoder_channels; () = fastai's
-    # widths (up_in/2 + skip channels: 5x the FLOPs of resnet18's default, 2.4x effb4's; docs/benchmarks.md)
+    # widths (up_in/2 + skip channels: 5.7x the FLOPs of the default with resnet18, 2.7x with effb4; docs/benchmarks.md)
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32, 16)
     freeze_epochs: int = 0  # pretrained encoders: epochs with the encoder frozen before unfreezing everything
     encoder_lr_div: float = 10.0  # after unfreezing, the encoder trains at lr / this (discriminative lrs)
