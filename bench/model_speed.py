@@ -45,7 +45,7 @@ def run() -> list[dict]:
         gflops["fastai"] = round(forward_flops(fastai_default, s["size"]) / 1e9, 1)
         params = {name: round(count_parameters(m) / 1e6, 1) for name, m in built.items()}
         options = dict(precision=s["precision"], channels_last=s["channels_last"])
-        for mode, make, repeat in (("train", train_step, 2), ("inference", infer_step, 3)):
+        for mode, make, repeat in (("train", train_step, 3), ("inference", infer_step, 8)):
             if mode == "train":
                 steps = {n: make(m, s["batch"], s["size"], CLASSES, **options) for n, m in built.items()}
             else:
