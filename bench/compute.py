@@ -19,10 +19,12 @@ CLASSES = 11
 PRECISION = "bf16"
 
 
-def conv_ceiling(precision: str, channels: int = 128, side: int = 64, batch: int = 8) -> float:
-    """GFLOP/s of a dense 3x3 convolution, forward and backward, channels-last: the best this machine does."""
+def conv_ceiling(precision: str, channels: int = 128, side: int = 64, batch: int = 8, groups: int = 1) -> float:
+    """GFLOP/s of a 3x3 convolution, forward and backward, channels-last: dense (groups=1) is the best this
+    machine does; groups=channels is the depthwise kind EfficientNets are made of."""
     dev = device()
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(dev, memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False, groups=groups)
+    conv = conv.to(dev, memory_format=torch.channels_last)
     x = torch.randn(batch, channels, side, side, device=dev).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
 
@@ -31,7 +33,7 @@ def conv_ceiling(precision: str, channels: int = 128, side: int = 64, batch: int
             out = conv(x)
         out.float().sum().backward()
 
-    flops = 3 * 2 * batch * channels * channels * 9 * side * side  # forward, grad input, grad weight
+    flops = 3 * 2 * batch * channels * channels // groups * 9 * side * side  # forward, grad input, grad weight
     return flops / 1e9 / side_by_side({"conv": step}, repeat=3)["conv"]
 
 
@@ -43,6 +45,7 @@ def step_flops(model, batch: int, size: int) -> int:
 def run() -> list[dict]:
     size, batch = (512, 16) if device().type == "cuda" else (256, 8)
     ceiling = max(conv_ceiling(PRECISION), conv_ceiling(PRECISION, channels=256, side=32))
+    depthwise = conv_ceiling(PRECISION, channels=256, side=64, groups=256)
     rows = []
     for encoder in ENCODERS:
         model = build_model(Model(encoder=encoder), CLASSES, size)[0]
@@ -57,6 +60,7 @@ def run() -> list[dict]:
                 achieved / ceiling >= 0.4,
                 achieved_gflop_s=round(achieved, 1),
                 ceiling_gflop_s=round(ceiling, 1),
+                depthwise_conv_gflop_s=round(depthwise, 1),
                 step_gflop=round(flops / 1e9, 1),
                 img_s=round(batch / seconds, 2),
                 setting=f"{size} px, batch {batch}, {PRECISION}, channels_last, {device().type}",
