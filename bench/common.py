@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: result rows, timing, and where the real data lives."""
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -22,9 +23,11 @@ def best_time(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def side_by_side(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Best wall time (seconds) of each callable, the sides interleaved (A B C, B C A, ...) so that a burst of
-    load from another process on this 2-core machine hits every side alike; `warmup` untimed calls each first."""
+def side_by_side(fns: dict, repeat: int = 3, warmup: int = 1, cpu_time: bool = False) -> dict[str, float]:
+    """Best time (seconds) of each callable, the sides interleaved (A B C, B C A, ...) so that a burst of load
+    from another process hits every side alike; `warmup` untimed calls each first. Wall time, or with
+    `cpu_time` this process's CPU time (meaningful at one thread: see `measure`)."""
+    clock = time.process_time if cpu_time else time.perf_counter
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -32,11 +35,37 @@ def side_by_side(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, float
     best = {name: float("inf") for name in names}
     for r in range(repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
             sync()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], clock() - start)
     return best
+
+
+def measure(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Seconds per call of each side for a ratio row. On CPU: CPU time at one thread, which other processes on
+    a shared machine barely move (a time slice taken away is not counted; at two threads their load stalls
+    OpenMP barriers, and the wall-clock ratio of two models swung 0.87-1.07 between runs). On GPU: wall time."""
+    if device().type == "cuda":
+        return side_by_side(fns, repeat, warmup)
+    with threads(1):
+        return side_by_side(fns, repeat, warmup, cpu_time=True)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """torch and OpenCV at `n` threads inside the block."""
+    import cv2
+    import torch
+
+    torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_before)
+        cv2.setNumThreads(cv2_before)
 
 
 def device():
@@ -55,8 +84,6 @@ def sync() -> None:
 
 def autocast(precision: str):
     """fp32: nothing; bf16 / fp16: torch autocast on the bench device (fp16 only on CUDA)."""
-    import contextlib
-
     import torch
 
     if precision == "fp32":

@@ -12,15 +12,14 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
-import cv2
 import torch
 
 from app.models import build_model
 from app.recipe import Data, Model, Recipe
-from bench.common import SHARED_DATA, device, row, side_by_side, train_step
+from bench.common import SHARED_DATA, device, row, side_by_side, threads, train_step
 
 SIZE, BATCH = 512, 8
 
@@ -36,19 +35,6 @@ def dataset(folder: Path) -> tuple[str, str, str]:
     return str(paths["train"]), str(folder), "demo"
 
 
-@contextmanager
-def threads(n: int):
-    """torch and OpenCV at `n` threads inside the block."""
-    torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_before)
-        cv2.setNumThreads(cv2_before)
-
-
 def epoch(items, data: Data, n_threads: int | None = None):
     """A callable iterating one training epoch of the DataLoader (workers, threads as given)."""
     from app.data import make_dls
@@ -56,16 +42,11 @@ def epoch(items, data: Data, n_threads: int | None = None):
     dls = make_dls(items, Recipe(data=data), SIZE, (0.5,) * 3, (0.5,) * 3)
 
     def run():
-        with threads(n_threads) if n_threads else _nothing():
+        with threads(n_threads) if n_threads else nullcontext():
             for _ in dls.train:
                 pass
 
     return run, len(dls.train) * BATCH
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def run() -> list[dict]:

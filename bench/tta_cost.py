@@ -10,7 +10,7 @@ import torch
 from app.models import build_model
 from app.recipe import Model
 from app.tta import parse_views, predict_probs
-from bench.common import device, row, side_by_side
+from bench.common import device, measure, row
 
 SIZE, BATCH, CLASSES = 256, 4, 11
 SPECS = ("flip", "d4")
@@ -30,15 +30,15 @@ def run() -> list[dict]:
                 for _ in range(k):
                     model(x)
 
-        best = side_by_side({"tta": lambda views=views: predict_probs(model, x, views), "plain": plain}, repeat=3)
+        best = measure({"tta": lambda views=views: predict_probs(model, x, views), "plain": plain}, repeat=3)
         rows.append(
             row(
                 f"TTA {spec} ({k} views): predict_probs time / {k} plain forwards",
                 best["tta"] / best["plain"],
                 "<= 1.0",
                 best["tta"] <= best["plain"],
-                tta_s=round(best["tta"], 3),
-                plain_s=round(best["plain"], 3),
+                tta_cpu_s=round(best["tta"], 3),
+                plain_cpu_s=round(best["plain"], 3),
                 setting=f"resnet18 Unet, {SIZE} px, batch {BATCH}, fp32, {dev.type}",
             )
         )

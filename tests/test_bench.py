@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-from bench.common import infer_step, row, side_by_side, train_step
+from bench.common import infer_step, measure, row, side_by_side, train_step
 from bench.run import BENCHES, markdown
 
 
@@ -14,6 +14,13 @@ def test_side_by_side_interleaves_the_sides_and_keeps_each_best():
     best = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the order rotates each round
     assert set(best) == {"a", "b"} and all(0 <= s < 1 for s in best.values())
+
+
+def test_measure_times_each_side_at_one_thread_and_restores_the_threads():
+    before = torch.get_num_threads()
+    seen = []
+    best = measure({"a": lambda: seen.append(torch.get_num_threads()), "b": lambda: sum(range(10_000))}, repeat=2)
+    assert set(seen) == {1} and set(best) == {"a", "b"} and torch.get_num_threads() == before
 
 
 def test_rows_and_table():
