@@ -28,7 +28,7 @@ def run() -> list[dict]:
     for name, (precision, channels_last) in settings().items():
         model = build_model(Model(encoder=ENCODER), CLASSES, size)[0]
         steps[name] = train_step(model, batch, size, CLASSES, precision, channels_last)
-    best = measure(steps, repeat=1)  # CPU: one thread, CPU time (see bench.common.measure)
+    best = measure(steps, repeat=2)  # CPU: one thread, CPU time (see bench.common.measure)
     ips = {name: batch / seconds for name, seconds in best.items()}
     fastest = max(ips, key=ips.get)
     return [
