@@ -52,6 +52,13 @@ def _read_mask(path) -> torch.Tensor:
     return torch.from_numpy(mask.astype(np.int64))
 
 
+def _pairs(items: list[tuple[Path, Path]], root: str | Path | None) -> list[tuple[str, Path]]:
+    """(image id, image path) per item; ids relative to `root` when given (see evaluate_items)."""
+    if root is None:
+        return [(str(img), img) for img, _ in items]
+    return [(Path(img).relative_to(root).as_posix(), img) for img, _ in items]
+
+
 def evaluate_items(
     learners: list,
     items: list[tuple[Path, Path]],
@@ -64,18 +71,22 @@ def evaluate_items(
     tile: bool = False,
     min_area: float = 0.0,
     crf: bool = False,
+    root: str | Path | None = None,
 ) -> dict:
     """mIoU (dataset confusion matrix and mean per image) and per-class IoU over (image, mask PNG) items.
 
     Args:
         learners: Learners or app.members.Member objects (an ensemble).
         on_prediction: When given, sees every Prediction (e.g. to keep out-of-fold probabilities).
+        root: The images folder: image ids are then paths relative to it (the json's file_names), the names
+            `predict --save-probs` gives its probability files; otherwise the full paths.
     """
     scores = Scores(len(codes), ignore_index)
-    truth = {str(img): mask for img, mask in items}
+    pairs = _pairs(items, root)
+    truth = {image_id: mask for (image_id, _), (_, mask) in zip(pairs, items)}
     stream = stream_predictions(
         learners,
-        [(str(img), img) for img, _ in items],
+        pairs,
         tta,
         batch_size=batch_size,
         tile=tile,
@@ -99,6 +110,7 @@ def compare_items(
     batch_size: int = 8,
     ignore_index: int = 255,
     progress=None,
+    root: str | Path | None = None,
 ) -> list[dict]:
     """Rows (model, tta, miou, miou_per_image, per-class IoU) for each member alone and the ensemble, per TTA set.
 
@@ -112,8 +124,8 @@ def compare_items(
     labels = [f"#{i + 1} {m.name}" if len(members) > 1 else m.name for i, m in enumerate(members)]
     names = labels + (["ensemble"] if len(members) > 1 else [])
     scores = {(name, s): Scores(len(codes), ignore_index) for name in names for s in tta_sets}
-    pairs = [(str(img), img) for img, _ in items]
-    truth = {str(img): mask for img, mask in items}
+    pairs = _pairs(items, root)
+    truth = {image_id: mask for (image_id, _), (_, mask) in zip(pairs, items)}
     starts = range(0, len(pairs), batch_size)
     for start in progress(starts) if progress else starts:
         chunk = pairs[start : start + batch_size]
@@ -169,7 +181,16 @@ def evaluate(
         raise TrashError(f"the model predicts {members[0].classes} but {data} has classes {list(coco.codes)}")
     items = coco_items(coco, images, mask_cache)
     report = evaluate_items(
-        members, items, coco.codes, tta, batch_size, progress=progress, tile=tile, min_area=min_area, crf=crf
+        members,
+        items,
+        coco.codes,
+        tta,
+        batch_size,
+        progress=progress,
+        tile=tile,
+        min_area=min_area,
+        crf=crf,
+        root=images,
     )
     report.update(
         data=str(data),
@@ -180,7 +201,9 @@ def evaluate(
     if compare:
         for s in compare:
             parse_views(view_spec(s))  # fail on a typo before the long pass
-        report["comparison"] = compare_items(members, items, coco.codes, compare, batch_size, progress=progress)
+        report["comparison"] = compare_items(
+            members, items, coco.codes, compare, batch_size, progress=progress, root=images
+        )
     if out:
         write_outputs(report, coco.codes, Path(out))
     return report

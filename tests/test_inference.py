@@ -90,7 +90,10 @@ def test_ensemble_members_differ_and_the_ensemble_is_between_them(trained_run, s
 def test_evaluate_equals_an_independent_confusion_matrix_of_the_predicted_pngs(trained_run, demo, tmp_path):
     from sklearn.metrics import confusion_matrix
 
-    invoke("predict", trained_run, "--images", demo["images"], "--data", demo["val"], "--tta", "--out", tmp_path / "p")
+    invoke(
+        "predict", trained_run, "--images", demo["images"], "--data", demo["val"], "--tta", "--save-probs",
+        "--out", tmp_path / "p",
+    )  # fmt: skip
     invoke("data", "masks", demo["val"], "--images", demo["images"], "--out", tmp_path / "truth")
     invoke("evaluate", trained_run, "--data", demo["val"], "--images", demo["images"], "--tta", "--out", tmp_path / "e")
     report = json.loads((tmp_path / "e" / "evaluate.json").read_text())
@@ -106,6 +109,10 @@ def test_evaluate_equals_an_independent_confusion_matrix_of_the_predicted_pngs(t
     inter, union = np.diag(total), total.sum(0) + total.sum(1) - np.diag(total)
     assert report["miou"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]), abs=1e-6)
     assert report["miou_per_image"] == pytest.approx(np.mean(per_image), abs=1e-6)
+    # the saved probabilities (fp16) score the same when evaluated as a predictions folder
+    invoke("evaluate", tmp_path / "p", "--data", demo["val"], "--images", demo["images"], "--out", tmp_path / "e2")
+    saved = json.loads((tmp_path / "e2" / "evaluate.json").read_text())
+    assert saved["miou"] == pytest.approx(report["miou"], abs=2e-3)
 
 
 def test_topk_epochs_are_an_ensemble_of_the_same_architecture(second_run, demo, tmp_path):
