@@ -43,3 +43,29 @@ def test_timed_steps_train_and_infer_a_model(precision, channels_last):
 def test_every_bench_has_a_run_function():
     for name in BENCHES:
         assert callable(importlib.import_module(name).run), name
+
+
+def test_the_plain_baseline_trains_and_is_scored_by_trash_evaluate(tmp_path):
+    """bench/baseline.py on real photos: a predictions folder that `trash evaluate` reads, and its scores."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from bench import baseline
+    from tests.conftest import shared_dataset
+
+    data = shared_dataset("fruits_nuts")
+    ann, images = str(data / "annotations.json"), str(data / "images")
+    args = ["--train", ann, "--test", ann, "--images", images, "--size", "64", "--epochs", "2", "--out", tmp_path]
+    assert baseline.main([str(a) for a in args]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    score = result["scores"][ann]
+    assert 0 <= score["miou"] <= 1 and set(score["per_class_iou"]) == {"Background", "date", "fig", "hazelnut"}
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    folder = tmp_path / "predictions" / baseline.prediction_name(ann)
+    coco = json.loads((data / "annotations.json").read_text())
+    assert len(list((folder / "probs").glob("*.npy"))) == len(coco["images"])
+    im = coco["images"][0]
+    probs = np.load(folder / "probs" / Path(im["file_name"]).with_suffix(".npy")).astype(np.float32)
+    assert probs.shape == (4, im["height"], im["width"]) and np.allclose(probs.sum(0), 1, atol=1e-2)

@@ -1,0 +1,144 @@
+"""The plain baseline of docs/results.md: what a notebook without trash would train.
+
+smp.Unet with the same timm encoder and the same pretrained weights as the trash recipe, the same image size,
+epochs, batch size and split; cross-entropy, Adam at a constant lr, a plain PyTorch loop in fp32, images squished
+to the training size with no augmentation, no TTA. It shares only the *measuring* code with trash: COCO masks from
+app.coco (pycocotools), the model builder (`model.arch=smp_unet`), and `trash evaluate`, which scores the
+predictions folder this script writes (fp16 probabilities at each image's original size, the format of
+`trash predict --save-probs`), so both sides are scored by the same code at the same resolution.
+
+    .venv/bin/python -m bench.baseline --train splits/trashcan-dev/fold0/train.json \\
+        --test splits/trashcan/fold0/val.json --images ../shared/data/trashcan/images \\
+        --encoder tf_efficientnet_lite0 --size 224 --epochs 12 --out runs/baseline
+
+Writes OUT/predictions/<the test json path's last 3 parts, e.g. trashcan_fold0_val>/ (probs/*.npy +
+predictions.json), OUT/history.csv and OUT/result.json
+(test mIoU both ways, per-class IoU, wall time). Not part of `make bench` (minutes to tens of minutes).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from app.coco import IGNORE, load_coco, rasterize
+from app.recipe import Model
+
+
+def load_pairs(json_path: str, images: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All images of a COCO json squished to size x size (uint8 RGB) and their class masks (nearest)."""
+    coco = load_coco(json_path)
+    xs, ys = [], []
+    for im in coco.images:
+        bgr = cv2.imread(str(Path(images) / im.file_name), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SystemExit(f"{Path(images) / im.file_name}: cannot be read")
+        xs.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (size, size), interpolation=cv2.INTER_LINEAR))
+        ys.append(cv2.resize(rasterize(coco, im), (size, size), interpolation=cv2.INTER_NEAREST))
+    return np.stack(xs), np.stack(ys), coco.codes
+
+
+def to_input(batch: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
+    return (x - mean) / std
+
+
+def train(args) -> dict:
+    from app.models import build_model
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+    x, y, codes = load_pairs(args.train, args.images, args.size)
+    cfg = Model(arch="smp_unet", encoder=args.encoder, pretrained=args.pretrained)
+    model, mean, std = build_model(cfg, len(codes), args.size)
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    history = ["epoch,train_loss,seconds"]
+    print(f"baseline: {len(x)} training images, {len(codes)} classes, {args.encoder} smp.Unet, {args.size} px")
+    for epoch in range(args.epochs):
+        model.train()
+        order, losses = rng.permutation(len(x)), []
+        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):  # drop the last partial batch
+            idx = order[start : start + args.batch_size]
+            xb, yb = to_input(x[idx], mean_t, std_t), torch.from_numpy(y[idx]).long()
+            loss = F.cross_entropy(model(xb), yb, ignore_index=IGNORE)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history.append(f"{epoch},{np.mean(losses):.5f},{time.time() - started:.0f}")
+        print(f"epoch {epoch}: train loss {np.mean(losses):.4f} ({time.time() - started:.0f} s)", flush=True)
+    train_seconds = time.time() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "history.csv").write_text("\n".join(history) + "\n")
+    return {"model": model, "mean": mean_t, "std": std_t, "codes": codes, "train_seconds": train_seconds}
+
+
+@torch.no_grad()
+def write_predictions(state: dict, json_path: str, images: str, size: int, folder: Path) -> None:
+    """fp16 probabilities at each image's original size: a predictions folder `trash evaluate` reads."""
+    from app.members import PREDICTIONS_INDEX
+
+    model = state["model"].eval()
+    coco = load_coco(json_path)
+    (folder / "probs").mkdir(parents=True, exist_ok=True)
+    for im in coco.images:
+        rgb = cv2.cvtColor(cv2.imread(str(Path(images) / im.file_name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        small = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+        logits = model(to_input(small[None], state["mean"], state["std"]))
+        logits = F.interpolate(logits, size=(im.height, im.width), mode="bilinear", align_corners=False)
+        probs = logits.softmax(1)[0].numpy().astype(np.float16)
+        target = folder / "probs" / Path(im.file_name).with_suffix(".npy")  # predict --save-probs' names
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, probs)
+    (folder / PREDICTIONS_INDEX).write_text(json.dumps({"classes": state["codes"], "images": len(coco.images)}))
+
+
+def prediction_name(json_path: str) -> str:
+    """splits/trashcan/fold0/val.json -> trashcan_fold0_val (unique across the splits of docs/results.md)."""
+    return "_".join(Path(json_path).with_suffix("").parts[-3:]).replace("..", "up")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", required=True, help="COCO json of the training images")
+    p.add_argument("--test", required=True, action="append", help="COCO json(s) to predict and score")
+    p.add_argument("--images", required=True, help="folder the jsons' file_names are relative to")
+    p.add_argument("--encoder", default="tf_efficientnet_lite0")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--out", default="runs/baseline")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from app.evaluate import evaluate
+
+    started = time.time()
+    state = train(args)
+    result = {"args": vars(args), "train_seconds": round(state["train_seconds"]), "scores": {}}
+    for test in args.test:
+        folder = Path(args.out) / "predictions" / prediction_name(test)
+        write_predictions(state, test, args.images, args.size, folder)
+        report = evaluate([folder], test, args.images)
+        result["scores"][test] = {k: report[k] for k in ("miou", "miou_per_image", "pixel_accuracy", "per_class_iou")}
+        print(f"{test}: mIoU {report['miou']:.4f} (per image {report['miou_per_image']:.4f}) [{folder}]")
+    result["wall_seconds"] = round(time.time() - started)
+    (Path(args.out) / "result.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
