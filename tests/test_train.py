@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.train import fit, prepare
-from tests.conftest import REPO, write_recipe
+from tests.conftest import ENCODER, REPO, write_recipe
 
 runner = CliRunner()
 
@@ -171,8 +171,8 @@ def test_freeze_epochs_train_the_decoder_only_then_everything(demo, tmp_path):
     from app.checkpoint import training_phases
     from app.train import run_phase
 
-    weights = tmp_path / "resnet18.pth"
-    torch.save(timm.create_model("resnet18").state_dict(), weights)
+    weights = tmp_path / f"{ENCODER}.pth"
+    torch.save(timm.create_model(ENCODER).state_dict(), weights)
     path = write_recipe(tmp_path / "r.py", demo, model={"weights": str(weights), "freeze_epochs": 1})
     recipe, items, learn = prepare(path, out=tmp_path / "runs")
     convs = [p for p in learn.model[0].parameters() if p.ndim == 4]
