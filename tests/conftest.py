@@ -86,3 +86,19 @@ def fold_split(tmp_path: Path, demo: dict[str, Path], folds: int = 2) -> Path:
     result = CliRunner().invoke(app, [*split, "--out", str(tmp_path / "split")])
     assert result.exit_code == 0, result.output
     return tmp_path / "split"
+
+
+@pytest.fixture(scope="session")
+def fold_group(demo, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """One `trash fit --fold all` of 2 one-epoch folds (`fold_split`): (recipe file, --out folder, group folder)."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    root = tmp_path_factory.mktemp("folds")
+    split = fold_split(root, demo)
+    recipe = write_recipe(root / "f.py", demo, data={"split": str(split), "annotations": ""}, train={"epochs": 1})
+    out = root / "runs"
+    result = CliRunner().invoke(app, ["fit", str(recipe), "--fold", "all", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return recipe, out, next((out / "f").glob("*-folds"))

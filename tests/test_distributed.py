@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import app
-from tests.conftest import REPO, fold_split, write_recipe
+from tests.conftest import REPO, write_recipe
 
 # GroupNorm and no augmentation: the 2-process run differs from the 1-process one only in which images share a
 # step (fastai gives each rank a contiguous half of the shuffled order). Measured on the demo data, 3 epochs:
@@ -75,19 +75,16 @@ def test_the_launch_command_is_torchrun_running_the_app(n):
     assert cmd[-4:] == ["-m", "app", "fit", "r.py"]
 
 
-def test_parallel_folds_train_side_by_side_like_one_after_the_other(demo, tmp_path):
+def test_parallel_folds_train_side_by_side_like_one_after_the_other(fold_group, tmp_path):
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    split = fold_split(tmp_path, demo)
-    recipe = write_recipe(tmp_path / "f.py", demo, data={"split": str(split), "annotations": ""}, train={"epochs": 1})
-    summaries = []
-    for extra in ([], ["--parallel", "2"]):
-        out = tmp_path / f"runs{len(extra)}"
-        result = runner.invoke(app, ["fit", str(recipe), "--fold", "all", "--out", str(out), *extra])
-        assert result.exit_code == 0, result.output
-        summaries.append(json.loads((next((out / "f").glob("*-folds")) / "summary.json").read_text()))
-    sequential, parallel = summaries
+    recipe, _, group = fold_group  # the same folds trained one after the other, in this process
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["fit", str(recipe), "--fold", "all", "--out", str(out), "--parallel", "2"])
+    assert result.exit_code == 0, result.output
+    sequential = json.loads((group / "summary.json").read_text())
+    parallel = json.loads((next((out / recipe.stem).glob("*-folds")) / "summary.json").read_text())
     assert set(parallel["folds"]) == {"fold0", "fold1"}
     for fold, miou in sequential["folds"].items():  # same seeds; only the CPU threads per process differ
         assert parallel["folds"][fold] == pytest.approx(miou, abs=0.01)

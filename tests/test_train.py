@@ -1,7 +1,6 @@
 """Each training lever changes what is trained, observed while training a tiny model on the demo data."""
 
 import json
-from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
@@ -99,37 +98,12 @@ def test_fit_writes_plots_and_out_of_fold_probabilities(trained_run):
     assert np.allclose(oof["probs"].astype(np.float32).sum(1), 1, atol=0.01)
 
 
-def test_fold_all_trains_every_fold_into_one_group(demo, tmp_path):
-    data = json.loads(Path(demo["train"]).read_text())
-    for i, image in enumerate(data["images"]):
-        image["video"] = f"v{i % 4}"
-    (tmp_path / "all.json").write_text(json.dumps(data))
-    assert (
-        runner.invoke(
-            app,
-            [
-                "data",
-                "split",
-                str(tmp_path / "all.json"),
-                "--folds",
-                "2",
-                "--group",
-                "video",
-                "--out",
-                str(tmp_path / "split"),
-            ],
-        ).exit_code
-        == 0
-    )
-    recipe = write_recipe(
-        tmp_path / "f.py", demo, data={"split": str(tmp_path / "split"), "annotations": ""}, train={"epochs": 1}
-    )
-    result = runner.invoke(app, ["fit", str(recipe), "--fold", "all", "--out", str(tmp_path / "runs")])
-    assert result.exit_code == 0, result.output
-    group = next((tmp_path / "runs" / "f").glob("*-folds"))
+def test_fold_all_trains_every_fold_into_one_group(fold_group):
+    _, out, group = fold_group  # `fit --fold all` on a 2-fold `data split` grouped by video
+    assert [p.name for p in out.glob("f/*") if not p.is_symlink()] == [group.name]
     summary = json.loads((group / "summary.json").read_text())
     assert set(summary["folds"]) == {"fold0", "fold1"} and 0 <= summary["oof"]["miou"] <= 1
-    table = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--sort", "fold"]).output
+    table = runner.invoke(app, ["runs", str(out), "--sort", "fold"]).output
     assert table.count(str(group)) == 2
 
 
