@@ -111,7 +111,7 @@ def test_fit_on_real_photos_fruits_nuts(tmp_path):
         '"""fruits"""\n'
         f'data = {{"annotations": "{root}/annotations.json", "images": "{root}/images", "size": 64, '
         '"batch_size": 4, "valid_fraction": 0.25}\n'
-        'model = {"encoder": "efficientnet_b0", "last_cross": False}\ntrain = {"epochs": 1, "precision": "bf16"}\n'
+        'model = {"encoder": "test_efficientnet", "last_cross": False}\ntrain = {"epochs": 1, "precision": "bf16"}\n'
     )
     result = invoke("fit", recipe, "--out", tmp_path / "runs")
     run = (tmp_path / "runs" / "fruits" / "latest").resolve()
@@ -141,7 +141,7 @@ def test_reference_recipe_runs_unchanged_on_the_documented_layout(tmp_path, monk
     make_demo_dataset(tmp_path / "data", seed=2, n_train=12, n_val=4, n_test=2)
     monkeypatch.chdir(tmp_path)
     small = [
-        "model.encoder=efficientnet_b0",
+        "model.encoder=test_efficientnet",  # timm's tiny EfficientNet
         "model.pretrained=false",
         "data.stages=((64, 1), (96, 1))",
         "data.batch_size=4",

@@ -24,12 +24,12 @@ def invoke(*args, code=0):
 
 @pytest.fixture(scope="session")
 def second_run(demo, tmp_path_factory) -> Path:
-    """Another encoder (EfficientNet-B0) that keeps its 2 best epochs, for ensembles and --topk."""
+    """Another encoder (timm's tiny test EfficientNet) that keeps its 2 best epochs, for ensembles and --topk."""
     from app.train import fit
 
     root = tmp_path_factory.mktemp("runs2")
     recipe = write_recipe(
-        root / "effb0.py", demo, model=dict(encoder="efficientnet_b0"), train=dict(epochs=2, top_k=2, lr=3e-3)
+        root / "effnet.py", demo, model=dict(encoder="test_efficientnet"), train=dict(epochs=2, top_k=2, lr=3e-3)
     )
     return fit(recipe, out=root / "runs")
 
