@@ -1,4 +1,4 @@
-"""Real litter photos (../shared/data/trashcan): Unet + pretrained EfficientNet-Lite0, 224 px, CE + Dice, 3 folds by video."""
+"""Real litter photos (../shared/data/trashcan): Unet + pretrained EfficientNet-Lite0, 224 px, CE + Dice, 3 folds."""
 
 # The split of docs/results.md: fold 0 of a 5-fold video split is the held-out test set, the rest (dev) is split
 # again into 3 folds by video; `trash fit recipes/trashcan.py --fold all` trains the 3 fold models.
