@@ -47,20 +47,25 @@ def round_trip(model):
     return torch.load(buffer, weights_only=False)
 
 
-@pytest.mark.parametrize(
-    "arch,encoder",
-    [(a, CNN) for a in ARCHS] + [(a, TRANSFORMER) for a in ARCHS if a != "deeplabv3plus"],
-)
-def test_every_arch_trains_at_two_sizes_exports_and_splits(arch, encoder):
-    model, _, _ = build_model(Model(arch=arch, encoder=encoder, last_cross=False), n_classes=3, size=32)
+def trains_at_two_sizes(model, sizes=(32, 64)) -> None:
+    """A training forward and backward at each size: logits at the input size, finite input gradients; then eval."""
     model.train()
-    for size in (32, 64):
+    for size in sizes:
         x = torch.randn(2, 3, size, size, requires_grad=True)
         out = model(x)
         assert out.shape == (2, 3, size, size)
         out.square().mean().backward()
         assert x.grad is not None and torch.isfinite(x.grad).all()
     model.eval()
+
+
+@pytest.mark.parametrize(
+    "arch,encoder",
+    [(a, CNN) for a in ARCHS] + [(a, TRANSFORMER) for a in ARCHS if a != "deeplabv3plus"],
+)
+def test_every_arch_trains_at_two_sizes_exports_and_splits(arch, encoder):
+    model, _, _ = build_model(Model(arch=arch, encoder=encoder, last_cross=False), n_classes=3, size=32)
+    trains_at_two_sizes(model)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
@@ -305,14 +310,7 @@ def test_width_at_maps_strides_to_levels_and_clamps():
 def test_decoder_options_train_at_two_sizes_and_export(options):
     options = {"decoder_widths": (64, 32, 16, 16, 8), **options}
     model = build_model(Model(encoder="resnet18", **options), 3, 32)[0]
-    model.train()
-    for size in (32, 64):
-        x = torch.randn(2, 3, size, size, requires_grad=True)
-        out = model(x)
-        assert out.shape == (2, 3, size, size)
-        out.square().mean().backward()
-        assert torch.isfinite(x.grad).all()
-    model.eval()
+    trains_at_two_sizes(model)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(round_trip(model)(x), model(x))
