@@ -56,8 +56,10 @@ def run() -> list[dict]:
     try:
         annotations, images, label = dataset(work / "demo")
         workers = os.cpu_count() or 1
-        data = Data(annotations=annotations, images=images, size=SIZE, batch_size=BATCH, augment="medium")
-        data = dataclasses.replace(data, mask_cache=str(work / "cache"))
+        cache = str(work / "cache")
+        data = Data(
+            annotations=annotations, images=images, size=SIZE, batch_size=BATCH, augment="medium", mask_cache=cache
+        )
         items = load_items(Recipe(data=data))
         for sample in items.train:  # the page cache holds every file before anything is timed
             sample.image.read_bytes(), sample.mask.read_bytes()
