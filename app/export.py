@@ -11,26 +11,47 @@
 
 An export without a manifest (made before manifests existed, or by hand) is refused unless the environment
 variable TRASH_TRUST_EXPORTS=1 says its source is trusted.
+
+A pickle names classes and functions by dotted path. Exports written before `app/` was split into wings
+(`app.models.Unet`, `app.losses.SegmentationLoss`, `app.data.item_image`, ...) load through `OLD_MODULES`,
+which maps each old module to the modules its names live in now.
 """
 
 import dataclasses
 import json
 import os
+import pickle
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from app.atomic import TORCH_WRITE_ERRORS, atomic_path, sha256, torch_save, write_text
+from app.data.items import Items, Sample
+from app.data.loaders import make_dls
 from app.errors import TrashError
+from app.model.build import build_model
+from app.model.loss import SegmentationLoss
 from app.recipe import Recipe, recipe_from_dict
-from app.runs import EXPORT
+from app.runs import EXPORT, MANIFEST, WEIGHTS
 
-WEIGHTS = "weights.pth"
-MANIFEST = "manifest.json"
 WEIGHTS_FORMAT = "trash-weights/1"
 TRUST_ENV = "TRASH_TRUST_EXPORTS"  # "1": load exports that have no manifest (their source is trusted)
+
+
+def find_export(model: str | Path) -> Path:
+    """Accepts an export file (export.pkl, or the weights-only weights.pth) or a run directory (or a recipe's
+    `latest` link, meaning its export.pkl, else its weights.pth) and returns the export path."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / EXPORT if (path / EXPORT).is_file() or not (path / WEIGHTS).is_file() else path / WEIGHTS
+    if not path.is_file():
+        raise TrashError(
+            f"no exported model at {model} (expected a run directory with {EXPORT} or {WEIGHTS}, or the file itself)"
+        )
+    return path
 
 
 def export_run(learn, recipe: Recipe, run: Path) -> None:
@@ -104,15 +125,65 @@ def load_export(path: str | Path, cpu: bool = True):
 
     with warnings.catch_warnings():  # fastai warns on every load that pickles run code: verify() checked it
         warnings.filterwarnings("ignore", message=".*insecure pickle module", category=UserWarning)
-        return load_learner(path, cpu=cpu)
+        return load_learner(path, cpu=cpu, pickle_module=OLD_PATHS_PICKLE)
+
+
+# -- exports written before the wings ---------------------------------------------------------------
+
+#: old flat module -> the modules its pickled names live in now (searched in this order)
+OLD_MODULES: dict[str, tuple[str, ...]] = {
+    "app.models": ("app.model.unet", "app.model.encoders", "app.model.smp", "app.model.build", "app.model.norms"),
+    "app.losses": ("app.model.loss",),
+    "app.metrics": ("app.model.metrics",),
+    "app.data": ("app.data.loaders", "app.data.items"),
+    "app.callbacks": (
+        "app.train.callbacks.precision",
+        "app.train.callbacks.history",
+        "app.train.callbacks.tracking",
+        "app.train.callbacks.averaging",
+        "app.train.callbacks.levers",
+    ),
+    "app.optim": ("app.train.optim",),
+    "app.schedule": ("app.train.schedule",),
+    "app.checkpoint": ("app.train.checkpoint", "app.train.signals", "app.train.plan"),
+    "app.coco": ("app.data.coco", "app.data.masks"),
+    "app.augment": ("app.data.augment",),
+    "app.tta": ("app.infer.tta",),
+}
+#: old (module, name) pairs whose name changed
+OLD_NAMES: dict[tuple[str, str], str] = {("app.models", "unet_splitter"): "model_splitter"}
+
+
+class OldPathsUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that also finds names by their pre-wings dotted paths (`OLD_MODULES`, `OLD_NAMES`)."""
+
+    def find_class(self, module: str, name: str):
+        if module not in OLD_MODULES:
+            return super().find_class(module, name)
+        name = OLD_NAMES.get((module, name), name)
+        for candidate in OLD_MODULES[module]:
+            try:
+                return super().find_class(candidate, name)
+            except AttributeError:
+                continue
+        raise TrashError(f"an old export names {module}.{name}, which this version of trash no longer has")
+
+
+def _load_old_paths(file, **kwargs):
+    return OldPathsUnpickler(file, **kwargs).load()
+
+
+#: what fastai's load_learner hands to torch.load as `pickle_module` (torch subclasses its Unpickler)
+OLD_PATHS_PICKLE = SimpleNamespace(Unpickler=OldPathsUnpickler, load=_load_old_paths, __name__="trash_pickle")
+
+
+# -- weights-only exports ---------------------------------------------------------------------------
 
 
 def learner_from_weights(path: str | Path, cpu: bool = True):
     """Rebuilds a prediction Learner from weights.pth: the recipe's model (no pretrained weights are read:
     the state_dict has them all), the state_dict, and loaders with the export's resize and normalisation."""
     from fastai.learner import Learner
-
-    from app.models import build_model
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
@@ -125,19 +196,16 @@ def learner_from_weights(path: str | Path, cpu: bool = True):
     mean, std = tuple(payload["mean"]), tuple(payload["std"])
     device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
     dls = _prediction_loaders(recipe, classes, payload["size"], mean, std, device)
-    learn = Learner(dls, model.to(device), loss_func=_loss(recipe, classes))
+    learn = Learner(dls, model.to(device), loss_func=_loss(recipe))
     learn.trash_norm, learn.trash_classes = (mean, std), classes
     model.eval()
     return learn
 
 
-def _loss(recipe: Recipe, classes: list[str]):
-    """The recipe's loss (a Learner needs one; prediction never calls it): no scheme weights (no masks here)."""
-    from app.data import Items
-    from app.learner import build_loss
-
-    loss = dataclasses.replace(recipe.loss, class_weight_scheme="", adaptive_class_weights=False)
-    return build_loss(dataclasses.replace(recipe, loss=loss), Items([], [], classes, {}, {}, []))
+def _loss(recipe: Recipe) -> SegmentationLoss:
+    """The recipe's loss terms (a Learner needs a loss; prediction never calls it); no class weights."""
+    lo = recipe.loss
+    return SegmentationLoss(lo.weights(), None, lo.ignore_index, lo.focal_gamma, lo.label_smoothing)
 
 
 def _prediction_loaders(recipe: Recipe, classes: list[str], size: int, mean: tuple, std: tuple, device: str):
@@ -148,8 +216,6 @@ def _prediction_loaders(recipe: Recipe, classes: list[str], size: int, mean: tup
     """
     import cv2
     import numpy as np
-
-    from app.data import Items, Sample, make_dls
 
     data = dataclasses.replace(recipe.data, copy_paste=0.0, mosaic=0.0, sampler="uniform", crop=0)
     with tempfile.TemporaryDirectory() as folder:

@@ -1,62 +1,60 @@
-"""Run directories: `<out>/<recipe>/<timestamp>/`, each standing alone, plus a `latest` link per recipe."""
+"""Run directories: `<out>/<recipe>/<timestamp>/`, each standing alone, a `latest` link per recipe, the run log.
+
+A run directory holds everything `predict` and a reader need (README, "A run directory"); the names of its
+files are here. `latest` points at the last *finished* full run (or fold group) of a recipe: a dry run
+(`--debug`), an lr-find or a run that stopped never moves it.
+"""
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
-from app.atomic import atomic_open, atomic_path
+from app.atomic import copy_file, make_dir
+from app.errors import TrashError, WriteFailed
 
 EXPORT = "export.pkl"
+WEIGHTS = "weights.pth"
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+RESOLVED = "resolved.json"
+HISTORY = "history.csv"
+FOLDS = "folds.json"  # in a `--fold all` group: how to train (and resume) each fold
+SUMMARY = "summary.json"  # in a finished fold group
+LATEST = "latest"
+RUN_COLUMNS = ("recipe", "fold", "miou", "epochs", "seconds", "data", "run")
 
 
 def create_run_dir(out: str | Path, recipe_name: str, suffix: str = "") -> Path:
-    """Makes a new, unique run folder and points `<out>/<recipe>/latest` at it."""
-    parent = Path(out).resolve() / recipe_name
-    parent.mkdir(parents=True, exist_ok=True)
+    """Makes a new, unique run folder `<out>/<recipe>/<timestamp><suffix>` (not yet `latest`: see point_latest)."""
+    parent = make_dir(Path(out).resolve() / recipe_name)
     stamp = time.strftime("%Y%m%d-%H%M%S") + suffix
-    run = parent / stamp
-    n = 1
+    run, n = parent / stamp, 1
     while True:
         try:
             run.mkdir()
-            break
+            return run
         except FileExistsError:  # two runs in the same second
             n += 1
             run = parent / f"{stamp}-{n}"
-    link = parent / "latest"
+        except OSError as e:
+            raise WriteFailed(run, e) from e
+
+
+def point_latest(run: Path) -> None:
+    """Points `<out>/<recipe>/latest` at a finished run (or group), replacing the link in one rename."""
+    parent = run.parent
     tmp = parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run.name)
-    os.replace(tmp, link)
-    return run
-
-
-def write_json(path: str | Path, payload: dict) -> Path:
-    """Writes json atomically (temporary file in the same folder, fsync, rename; see app.atomic)."""
-    with atomic_open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.write("\n")
-    return Path(path)
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run.name)
+        os.replace(tmp, parent / LATEST)
+    except OSError as e:
+        raise WriteFailed(parent / LATEST, e) from e
 
 
 def copy_recipe(recipe_file: str | Path, run: Path) -> None:
-    with atomic_path(run / "recipe.py") as tmp:
-        shutil.copy2(recipe_file, tmp)
-
-
-def find_export(model: str | Path) -> Path:
-    """Accepts an export file (export.pkl, or the weights-only weights.pth) or a run directory (or a recipe's
-    `latest` link, meaning its export.pkl) and returns the export path."""
-    from app.errors import TrashError
-
-    path = Path(model)
-    if path.is_dir():
-        path = path / EXPORT
-    if not path.is_file():
-        raise TrashError(f"no exported model at {model} (expected a run directory with {EXPORT} or the file itself)")
-    return path
+    copy_file(recipe_file, run / "recipe.py")
 
 
 def package_versions() -> dict[str, str]:
@@ -82,37 +80,34 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-RUN_COLUMNS = ("recipe", "fold", "miou", "epochs", "seconds", "data", "run")
-
-
 def list_runs(root: str | Path = "runs") -> list[dict]:
     """One row per finished run under `root` (a run is a folder with metrics.json): the experiment log."""
     rows = []
-    for metrics_file in sorted(Path(root).rglob("metrics.json")):
-        if metrics_file.parent.name == "latest" or metrics_file.parent.is_symlink():
+    for metrics_file in sorted(Path(root).rglob(METRICS)):
+        if metrics_file.parent.name == LATEST or metrics_file.parent.is_symlink():
             continue
         try:
             m = json.loads(metrics_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # a run being written or damaged: not part of the log
-        rows.append(
-            {
-                "recipe": m.get("recipe", "?"),
-                "fold": m.get("fold", -1),
-                "miou": m.get("miou"),
-                "epochs": m.get("epochs"),
-                "seconds": m.get("train_seconds"),
-                "data": m.get("data_fingerprint", ""),
-                "run": str(metrics_file.parent),
-            }
-        )
+        rows.append(_run_row(m, metrics_file.parent))
     return rows
+
+
+def _run_row(m: dict, run: Path) -> dict:
+    return {
+        "recipe": m.get("recipe", "?"),
+        "fold": m.get("fold", -1),
+        "miou": m.get("miou"),
+        "epochs": m.get("epochs"),
+        "seconds": m.get("train_seconds"),
+        "data": m.get("data_fingerprint", ""),
+        "run": str(run),
+    }
 
 
 def sort_runs(rows: list[dict], key: str) -> list[dict]:
     """Sorted by `key`; scores and numbers descending (best first), text ascending."""
-    from app.errors import TrashError
-
     if key not in RUN_COLUMNS:
         raise TrashError(f"cannot sort runs by {key!r}; columns: {', '.join(RUN_COLUMNS)}")
     numeric = key in ("miou", "epochs", "seconds", "fold")

@@ -46,7 +46,7 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def run_variant(name: str, seed: int) -> dict:
-    from app.train import fit
+    from app.train.run import fit
 
     started = time.time()
     run = fit(RECIPE, [*SWEEP, *VARIANTS[name], f"train.seed={seed}"], out=OUT)

@@ -3,7 +3,7 @@
 smp.Unet with the same timm encoder and the same pretrained weights as the trash recipe, the same image size,
 epochs, batch size and split; cross-entropy, Adam at a constant lr, a plain PyTorch loop in fp32, images squished
 to the training size with no augmentation, no TTA. It shares only the *measuring* code with trash: COCO masks from
-app.coco (pycocotools), the model builder (`model.arch=smp_unet`), and `trash evaluate`, which scores the
+app.data (pycocotools), the model builder (`model.arch=smp_unet`), and `trash evaluate`, which scores the
 predictions folder this script writes (fp16 probabilities at each image's original size, the format of
 `trash predict --save-probs`), so both sides are scored by the same code at the same resolution.
 
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.coco import IGNORE, load_coco, rasterize
+from app.data.coco import IGNORE, load_coco
+from app.data.masks import rasterize
 from app.recipe import Model
 
 
@@ -50,7 +51,7 @@ def to_input(batch: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.
 
 
 def train(args) -> dict:
-    from app.models import build_model
+    from app.model.build import build_model
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -85,7 +86,7 @@ def train(args) -> dict:
 @torch.no_grad()
 def write_predictions(state: dict, json_path: str, images: str, size: int, folder: Path) -> None:
     """fp16 probabilities at each image's original size: a predictions folder `trash evaluate` reads."""
-    from app.members import PREDICTIONS_INDEX
+    from app.infer.members import PREDICTIONS_INDEX
 
     model = state["model"].eval()
     coco = load_coco(json_path)
@@ -124,7 +125,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from app.evaluate import evaluate
+    from app.infer.evaluate import evaluate
 
     started = time.time()
     state = train(args)

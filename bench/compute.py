@@ -10,7 +10,7 @@ made EfficientNet-B4 "exceed" the ceiling.
 
 import torch
 
-from app.models import build_model, forward_flops
+from app.model.build import build_model, forward_flops
 from app.recipe import Model
 from bench.common import autocast, device, row, side_by_side, train_step
 

@@ -1,5 +1,5 @@
-"""Data path: images/s of trash's training DataLoader (app.data.make_dls: JPEG + cached mask PNG, squish to 512 px,
-the `medium` albumentations preset, batch 8) for one epoch, against the training step it feeds.
+"""Data path: images/s of trash's training DataLoader (app.data.loaders.make_dls: JPEG + cached mask PNG, squish to
+512 px, the `medium` albumentations preset, batch 8) for one epoch, against the training step it feeds.
 
 Rows: one CPU core (workers=0, torch and OpenCV at 1 thread); workers (one per core) against none; and the
 loader's images/s over the training step's for the reference model (EfficientNet-B4 Unet, bf16,
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from app.models import build_model
+from app.model.build import build_model
 from app.recipe import Data, Model, Recipe
 from bench.common import SHARED_DATA, device, row, side_by_side, threads, train_step
 
@@ -29,7 +29,7 @@ def dataset(folder: Path) -> tuple[str, str, str]:
     trashcan = SHARED_DATA / "trashcan"
     if (trashcan / "annotations.json").is_file():
         return str(trashcan / "annotations.json"), str(trashcan / "images"), "trashcan"
-    from app.synthetic import make_demo_dataset
+    from app.data.synthetic import make_demo_dataset
 
     paths = make_demo_dataset(folder, seed=0)
     return str(paths["train"]), str(folder), "demo"
@@ -37,7 +37,7 @@ def dataset(folder: Path) -> tuple[str, str, str]:
 
 def epoch(items, data: Data, n_threads: int | None = None):
     """A callable iterating one training epoch of the DataLoader (workers, threads as given)."""
-    from app.data import make_dls
+    from app.data.loaders import make_dls
 
     dls = make_dls(items, Recipe(data=data), SIZE, (0.5,) * 3, (0.5,) * 3)
 
@@ -50,7 +50,7 @@ def epoch(items, data: Data, n_threads: int | None = None):
 
 
 def run() -> list[dict]:
-    from app.data import load_items
+    from app.data.items import load_items
 
     work = Path(tempfile.mkdtemp(prefix="trash-bench-data-"))
     try:
@@ -121,7 +121,7 @@ def stage_costs(samples) -> dict[str, float]:
     import numpy as np
     from fastai.vision.all import IntToFloatTensor, Normalize, PILImage, PILMask, Resize, ResizeMethod, TensorImage
 
-    from app.augment import _elastic, build_preset
+    from app.data.augment import _elastic, build_preset
 
     resize, medium = Resize(SIZE, method=ResizeMethod.Squish), build_preset("medium", 0)
     decoded = [(PILImage.create(s.image), PILMask.create(s.mask)) for s in samples]
@@ -144,7 +144,7 @@ def fed_training(items, data: Data, workers: int, steps: int = 30) -> dict:
     one batch held on the GPU; 1.0 = the loader keeps up. Reference model at 512 px, batch 16, bf16."""
     import torch.nn.functional as F
 
-    from app.data import make_dls
+    from app.data.loaders import make_dls
     from bench.common import autocast, plain, sync
 
     batch, dev, fmt = 16, device(), torch.channels_last

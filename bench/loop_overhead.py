@@ -1,7 +1,7 @@
 """Loop overhead: one epoch of fastai's `Learner.fit` against a plain PyTorch loop doing the same work: the same
 model, the same in-memory images, the same optimizer (torch AdamW; fastai's through OptimWrapper), batch 8,
 a training pass and a validation pass computing the loss; fp32, and bf16 autocast + channels-last the way
-trash's learner sets them (app.callbacks.CPUMixedPrecision and fastai's ChannelsLast callback on CPU).
+trash's learner sets them (app.train.callbacks.precision.CPUMixedPrecision and fastai's ChannelsLast callback on CPU).
 """
 
 from functools import partial
@@ -9,7 +9,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from app.models import build_model
+from app.model.build import build_model
 from app.recipe import Model
 from bench.common import autocast, device, measure, plain, row
 
@@ -41,11 +41,11 @@ def fastai_epoch(model, train, valid, precision: str, channels_last: bool):
     from fastai.learner import Learner
     from fastai.optimizer import OptimWrapper
 
-    from app.callbacks import CPUMixedPrecision
+    from app.train.callbacks.precision import CPUMixedPrecision
 
     dls = DataLoaders.from_dsets(train, valid, bs=BATCH, device=device(), num_workers=0)  # as the plain loop
     learn = Learner(dls, model, loss_func=loss_func, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW))
-    if precision == "bf16":  # as app/learner.py: fastai's own on CUDA, trash's CPU autocast otherwise
+    if precision == "bf16":  # as app/train/learner.py: fastai's own on CUDA, trash's CPU autocast otherwise
         learn.to_bf16() if device().type == "cuda" else learn.add_cb(CPUMixedPrecision())
     if channels_last:
         learn.add_cb(ChannelsLast())

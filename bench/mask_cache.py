@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 from pycocotools import mask as mask_utils
 
-from app.coco import cached_masks, load_coco, rasterize
+from app.data.coco import load_coco
+from app.data.masks import cached_masks, rasterize
 from bench.common import SHARED_DATA, best_time, row
 
 CALLS = {"n": 0}
@@ -17,7 +18,7 @@ CALLS = {"n": 0}
 
 @contextmanager
 def counting_pycocotools():
-    """Counts every pycocotools.mask decode/frPyObjects/merge call (app.coco looks them up at call time)."""
+    """Counts every pycocotools.mask decode/frPyObjects/merge call (app.data.masks looks them up at call time)."""
     originals = {name: getattr(mask_utils, name) for name in ("decode", "frPyObjects", "merge")}
 
     def wrap(fn):

@@ -10,7 +10,8 @@ Encoders: resnet18 (the schema's default) and efficientnet_b4 (recipes/unet_effb
 
 import torch
 
-from app.models import build_model, count_parameters, forward_flops
+from app.model.build import build_model, forward_flops
+from app.model.encoders import count_parameters
 from app.recipe import Model
 from bench.common import device, infer_step, measure, row, side_by_side, train_step
 

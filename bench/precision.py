@@ -5,7 +5,7 @@ CPU: 256 px, batch 8, images per CPU second at one thread (bench.common.measure)
 GPU: 512 px, batch 16, wall time, with fp16 (GradScaler) as well.
 """
 
-from app.models import build_model
+from app.model.build import build_model
 from app.recipe import Model
 from bench.common import device, measure, row, train_step
 

@@ -1,7 +1,7 @@
-"""Predict memory: peak resident memory of `app.predict.predict` (one model, and a two-model ensemble) on 10 and on
-1,000 images, each in a fresh process; flat means predictions stream (nothing is held per image).
+"""Predict memory: peak resident memory of `app.infer.predict.predict` (one model, and a two-model ensemble) on 10
+and on 1,000 images, each in a fresh process; flat means predictions stream (nothing is held per image).
 
-The models are tiny exports (resnet18 Unet, 64 px, one epoch) trained by app.train.fit on the demo dataset in
+The models are tiny exports (resnet18 Unet, 64 px, one epoch) trained by app.train.run.fit on the demo dataset in
 a temporary folder; the images are 64x64 copies of the demo photos. The ensemble is two loaded copies of one
 export (memory does not depend on the weights).
 """
@@ -23,7 +23,7 @@ CHILD = """
 import json, re, sys, time
 from pathlib import Path
 start = time.time()
-from app.predict import predict
+from app.infer.predict import predict
 predict(sys.argv[3:], sys.argv[1], sys.argv[2], batch_size=32)
 hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 print(json.dumps({"peak_mb": hwm_kb / 1024, "seconds": time.time() - start}))
@@ -32,8 +32,8 @@ COUNTS = (10, 1000)
 
 
 def tiny_export(work: Path) -> Path:
-    from app.synthetic import make_demo_dataset
-    from app.train import fit
+    from app.data.synthetic import make_demo_dataset
+    from app.train.run import fit
 
     paths = make_demo_dataset(work / "demo", seed=0, n_train=32, n_val=8, n_test=4)
     overrides = [

@@ -20,8 +20,8 @@ def rare_share(items, recipe, epochs: int = 3) -> float:
     """Mean share of rare-class pixels in the training batches over `epochs` epochs."""
     from fastai.torch_core import set_seed
 
-    from app.data import make_dls, rare_class_indices
-    from app.rare import class_presence
+    from app.data.loaders import make_dls, rare_class_indices
+    from app.data.rare import class_presence
 
     rare = rare_class_indices(items, (), class_presence([s.mask for s in items.train], len(items.codes)))
     set_seed(0)
@@ -35,9 +35,9 @@ def rare_share(items, recipe, epochs: int = 3) -> float:
 
 
 def run() -> list[dict]:
-    from app.data import load_items
+    from app.data.items import load_items
+    from app.data.synthetic import make_demo_dataset
     from app.recipe import Data, Recipe
-    from app.synthetic import make_demo_dataset
 
     with tempfile.TemporaryDirectory() as folder:
         paths = make_demo_dataset(Path(folder), seed=0)

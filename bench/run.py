@@ -7,6 +7,7 @@ and bench/results.md, and prints the table. Each row is a ratio measured side by
 On a machine with a CUDA GPU the same benches run there (bf16/fp16 at 512 px, batch 16).
 """
 
+import ast
 import importlib
 import json
 import os
@@ -15,18 +16,27 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = [
-    "bench.model_speed",
-    "bench.precision",
-    "bench.compute",
-    "bench.loop_overhead",
-    "bench.data_path",
-    "bench.mask_cache",
-    "bench.tta_cost",
-    "bench.predict_memory",
-    "bench.rare_classes",
-]
 OUT = Path(__file__).resolve().parent
+#: bench/ modules that are not benchmarks of `make bench`: helpers, and the long accuracy scripts
+NOT_BENCHES = {"__init__", "common", "run", "baseline", "accuracy"}
+#: the order `make bench` runs them in (the rest, alphabetically, after these)
+ORDER = ["model_speed", "precision", "compute", "loop_overhead", "data_path", "mask_cache", "tta_cost"]
+
+
+def discover(folder: Path = OUT) -> list[str]:
+    """Every bench/ module with a top-level `run()` (read from its source, nothing imported), in ORDER first."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        if path.stem in NOT_BENCHES:
+            continue
+        tree = ast.parse(path.read_text())
+        if any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in tree.body):
+            found.append(path.stem)
+    ranked = sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return [f"bench.{name}" for name in ranked]
+
+
+BENCHES = discover()
 
 
 def markdown(rows: list[dict]) -> str:

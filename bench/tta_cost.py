@@ -1,4 +1,4 @@
-"""TTA cost: app.tta.predict_probs over k views against k plain forwards of the same batch (trash's default Unet,
+"""TTA cost: app.infer.tta.predict_probs over k views against k plain forwards of the same batch (trash's default Unet,
 eval mode); ratio <= 1 means TTA adds nothing beyond the forwards it needs.
 
 predict_probs batches the views into one forward on CUDA and loops over them on CPU; either way each view's
@@ -7,9 +7,9 @@ softmax, inversion and running sum come on top of the forwards.
 
 import torch
 
-from app.models import build_model
+from app.infer.tta import parse_views, predict_probs
+from app.model.build import build_model
 from app.recipe import Model
-from app.tta import parse_views, predict_probs
 from bench.common import device, measure, row
 
 SIZE, BATCH, CLASSES = 256, 4, 11

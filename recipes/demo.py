@@ -1,4 +1,4 @@
-"""Tiny demo: Unet + ResNet-18 from scratch on the synthetic demo data, 128 px, about 1.5 min on 2 CPU cores."""
+"""Tiny demo: Unet + ResNet-18 from scratch on the synthetic demo data, 128 px, about 3 min on 2 CPU cores."""
 
 # Paths are relative to the folder `trash` runs in (the repository root for `make demo`).
 data = dict(
@@ -12,5 +12,5 @@ data = dict(
 # last_cross=False drops DynamicUnet's full-resolution ResBlock: 2.2x faster training at 128 px (measured).
 model = dict(encoder="resnet18", pretrained=False, last_cross=False)
 loss = dict(ce=1.0)
-# auto: bf16 autocast on CPU (2.3x), fp16 on CUDA; channels-last adds 1.1x on CPU (docs/benchmarks.md)
+# auto: fp16 on CUDA; bf16 autocast on CPUs with bf16 in hardware, else fp32 (app/train/learner.py PRECISIONS)
 train = dict(epochs=10, lr=3e-3, precision="auto", channels_last=True, seed=42)

@@ -25,7 +25,7 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> dict[str, Path]:
     """A small synthetic dataset in the competition layout (train/val/test json, file_names relative)."""
-    from app.synthetic import make_demo_dataset
+    from app.data.synthetic import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), seed=1, n_train=24, n_val=8, n_test=4)
 
@@ -63,7 +63,7 @@ def trained_run(demo, tmp_path_factory) -> Path:
     resnet18, not the tiny ENCODER: after 2 epochs it predicts a few classes besides the background (about 7% of
     the test pixels), so the TTA and mask tests compare real masks; the tiny encoder still predicts background only.
     """
-    from app.train import fit
+    from app.train.run import fit
 
     root = tmp_path_factory.mktemp("runs")
     recipe = write_recipe(root / "tiny.py", demo, model=dict(encoder="resnet18"))

@@ -41,6 +41,13 @@ def test_timed_steps_train_and_infer_a_model(precision, channels_last):
 
 
 def test_every_bench_has_a_run_function():
+    """Every module in bench/ but the helpers and the accuracy scripts is a benchmark `make bench` runs."""
+    from pathlib import Path
+
+    from bench.run import NOT_BENCHES
+
+    files = {f"bench.{p.stem}" for p in Path(importlib.import_module("bench").__file__).parent.glob("*.py")}
+    assert files - {f"bench.{n}" for n in NOT_BENCHES} == set(BENCHES)
     for name in BENCHES:
         assert callable(importlib.import_module(name).run), name
 

@@ -39,7 +39,9 @@ def test_run_directory_stands_alone(trained_run, demo):
 
 FRESH = """
 import sys, numpy as np
-from app.predict import load_learners, stream_predictions, list_images
+from app.infer.members import load_learners
+from app.infer.stream import stream_predictions
+from app.data.images import list_images
 learners = load_learners([sys.argv[1]])
 preds = stream_predictions(learners, list_images(sys.argv[2], sys.argv[3]))
 np.savez(sys.argv[4], *[p.probs.numpy() for p in preds])
@@ -47,7 +49,9 @@ np.savez(sys.argv[4], *[p.probs.numpy() for p in preds])
 
 
 def test_export_predicts_the_same_in_a_fresh_process(trained_run, demo, tmp_path):
-    from app.predict import list_images, load_learners, stream_predictions
+    from app.data.images import list_images
+    from app.infer.members import load_learners
+    from app.infer.stream import stream_predictions
 
     out = tmp_path / "fresh.npz"
     args = [trained_run, demo["images"], demo["test"], out]
@@ -98,7 +102,8 @@ def test_evaluate_matches_fit_metrics_on_the_same_images(trained_run, demo, tmp_
 def test_lr_find_writes_plot_and_suggestions(demo, tmp_path):
     recipe = write_recipe(tmp_path / "lr.py", demo)
     result = invoke("lr-find", recipe, "--out", tmp_path / "runs", "--iters", 20)
-    run = (tmp_path / "runs" / "lr" / "latest").resolve()
+    (run,) = (tmp_path / "runs" / "lr").glob("*-lr_find")
+    assert not (tmp_path / "runs" / "lr" / "latest").exists()  # `latest` is the last finished training run
     assert (run / "lr_find.png").stat().st_size > 1000
     suggestions = json.loads((run / "lr_find.json").read_text())["suggestions"]
     assert set(suggestions) == {"minimum", "steep", "valley"} and "valley" in result.output
@@ -136,7 +141,7 @@ def test_repo_has_the_promised_layout():
 
 def test_reference_recipe_runs_unchanged_on_the_documented_layout(tmp_path, monkeypatch):
     """recipes/unet_effb4.py on data/train.json + data/val.json, shrunk only through --set (tiny and offline)."""
-    from app.synthetic import make_demo_dataset
+    from app.data.synthetic import make_demo_dataset
 
     make_demo_dataset(tmp_path / "data", seed=2, n_train=12, n_val=4, n_test=2)
     monkeypatch.chdir(tmp_path)

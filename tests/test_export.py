@@ -9,10 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
+from app.data.images import list_images
 from app.errors import TrashError
-from app.export import MANIFEST, TRUST_ENV, WEIGHTS
-from app.predict import list_images, load_learners, stream_predictions
-from app.runs import EXPORT
+from app.export import TRUST_ENV
+from app.infer.members import load_learners
+from app.infer.stream import stream_predictions
+from app.runs import EXPORT, MANIFEST, WEIGHTS
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ import sys
 from typer.testing import CliRunner
 
 from app.atomic import append_csv_row, atomic_open
-from app.checkpoint import load_checkpoint
 from app.cli import app
 from app.errors import DIVERGED, WRITE_FAILED
+from app.train.checkpoint import load_checkpoint
 from tests.conftest import REPO, write_recipe
 
 runner = CliRunner()
@@ -23,7 +23,7 @@ FILL = """
 import sys, torch
 from app.atomic import torch_save
 from app.errors import TrashError
-from app.runs import write_json
+from app.atomic import write_json
 folder = sys.argv[1]
 for write in (lambda: write_json(folder + "/state.json", {"big": "x" * 200_000}),
               lambda: torch_save({"w": torch.zeros(100_000)}, folder + "/model.pth")):
@@ -67,7 +67,7 @@ def test_a_write_that_fails_midway_leaves_the_previous_file_intact(tmp_path):
 
 def test_fit_on_a_full_disk_exits_with_a_message_and_no_partial_files(demo, tmp_path):
     recipe = write_recipe(tmp_path / "r.py", demo, data=SMALL, train={"epochs": 1})
-    cmd = [sys.executable, "-m", "app.cli", "fit", str(recipe), "--out", str(tmp_path / "runs")]
+    cmd = [sys.executable, "-m", "app", "fit", str(recipe), "--out", str(tmp_path / "runs")]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, preexec_fn=file_size_limit(2_000_000))
     assert result.returncode == WRITE_FAILED, result.stderr[-2000:]
     assert "error: could not write" in result.stderr and "Traceback" not in result.stderr
@@ -174,7 +174,7 @@ def test_corrupt_and_truncated_images_to_predict_are_all_named_before_any_model_
 
 
 def test_screen_images_can_leave_unreadable_images_out(demo, tmp_path):
-    from app.images import screen_images
+    from app.data.images import screen_images
 
     good = next(p for p in demo["images"].rglob("*.jpg"))
     (tmp_path / "bad.jpg").write_bytes(good.read_bytes()[:2000])

@@ -1,0 +1,186 @@
+"""Data commands: demo-data, and `trash data` check / masks / stats / split / show."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.cli.base import app, friendly, progress
+from app.cli.options import ImagesOption
+from app.data.masks import OVERLAP_RULES
+from app.data.stats import WEIGHT_SCHEMES
+from app.errors import DATA_ERRORS, TrashError
+
+data_app = typer.Typer(
+    help="Look at and prepare COCO data: check, masks, stats, split, show.\n\n"
+    "Example: trash data check data/train.json --images data",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(
+    data_app, name="data", short_help="check / masks / stats / split / show.  e.g. trash data check a.json --images DIR"
+)
+AnnArg = Annotated[Path, typer.Argument(help="COCO json")]
+
+
+@app.command("demo-data", short_help="Write the synthetic demo dataset.  e.g. trash demo-data data/demo")
+@friendly
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder to write images/ and train/val/test json into")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files")] = 0,
+):
+    """Write a synthetic COCO dataset with the reference dataset's 10 object classes (+ background).
+
+    Example: trash demo-data data/demo --seed 0
+    """
+    from app.data.synthetic import make_demo_dataset
+
+    paths = make_demo_dataset(out, seed=seed)
+    for split in ("train", "val", "test"):
+        typer.echo(f"{split:5s} {paths[split]}")
+
+
+@data_app.command("check", short_help="Every problem of a COCO json + images in one report.")
+@friendly
+def data_check(annotations: AnnArg, images: ImagesOption):
+    """Validate a COCO json and its images before anything reaches pycocotools; exit 1 when errors are found.
+
+    Example: trash data check data/train.json --images data
+    """
+    from app.data.check import check_coco
+
+    report = check_coco(annotations, images, progress=progress())
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(DATA_ERRORS)
+
+
+@data_app.command("masks", short_help="One class-mask PNG per image (pixel = class index).")
+@friendly
+def data_masks(
+    annotations: AnnArg,
+    images: ImagesOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the mask PNGs (named like the images)")],
+    overlap: Annotated[
+        str,
+        typer.Option(
+            help="Paint order of overlapping annotations: "
+            + "; ".join(f"{k}: {v.help}" for k, v in OVERLAP_RULES.items())
+        ),
+    ] = "largest-first",
+):
+    """Rasterize a COCO json into class-index PNGs: 0 background, category ids ascending → 1..N.
+
+    Overlaps are painted in the order of the --overlap rule; training uses the same function.
+
+    Example: trash data masks data/train.json --images data --out data/masks
+    """
+    from app.data.coco import load_coco
+    from app.data.masks import write_masks
+
+    OVERLAP_RULES[overlap]
+    _refuse_bad_data(annotations, images)
+    coco = load_coco(annotations)
+    written = write_masks(coco, out, overlap, progress())
+    typer.echo(f"{len(written)} masks in {out} (classes: {', '.join(f'{i}={c}' for i, c in enumerate(coco.codes))})")
+
+
+@data_app.command("stats", short_help="Per-class instances, images, pixels, class weights, bar chart.")
+@friendly
+def data_stats(
+    annotations: AnnArg,
+    images: ImagesOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full statistics as JSON")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Bar-chart PNG (default: <json stem>_stats.png here)")] = None,
+):
+    """Class statistics from the rasterized masks and class-weight suggestions (loss.class_weight_scheme).
+
+    Example: trash data stats data/train.json --images data --json
+    """
+    from app.data.coco import load_coco
+    from app.data.stats import dataset_stats, plot_stats
+
+    _refuse_bad_data(annotations, images)
+    stats = dataset_stats(load_coco(annotations), progress=progress())
+    png = plot_stats(stats, plot or Path(f"{annotations.stem}_stats.png"))
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    _print_stats(stats)
+    typer.echo(f"bar chart {png}")
+
+
+def _print_stats(stats: dict) -> None:
+    header = f"{'class':24s} {'instances':>9s} {'images':>7s} {'pixels':>12s} {'share':>9s} "
+    typer.echo(header + " ".join(f"{s:>8s}" for s in WEIGHT_SCHEMES))
+    for i, (name, row) in enumerate(stats["classes"].items()):
+        weights = " ".join(f"{stats['weights'][s][i]:8.3f}" for s in WEIGHT_SCHEMES)
+        counts = f"{row['instances']:9d} {row['images']:7d} {row['pixels']:12d} {row['share']:9.5f}"
+        typer.echo(f"{name[:24]:24s} {counts} {weights}")
+
+
+@data_app.command("split", short_help="Stratified group k-fold train/val json per fold.")
+@friendly
+def data_split(
+    annotations: AnnArg,
+    folds: Annotated[int, typer.Option(help="Number of folds K")] = 5,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Regex over file_name (e.g. 'vid_\\d+') or an image field; one group never spans two folds"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Shuffling seed")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for fold<k>/train.json, fold<k>/val.json, summary.json")
+    ] = Path("splits"),
+):
+    """Split by StratifiedGroupKFold, stratified on each image's rarest class by pixel area.
+
+    Recipes use a split with data.split=OUT and `trash fit RECIPE --fold K`.
+
+    Example: trash data split ../shared/data/trashcan/annotations.json --folds 5 --group 'vid_\\d+' --out splits/tc
+    """
+    from app.data.split import make_folds, write_folds
+
+    _refuse_bad_data(annotations, None)
+    made = make_folds(annotations, folds, group, seed, progress=progress())
+    summary = write_folds(annotations, made, out)
+    for fold in summary["folds"]:
+        typer.echo(
+            f"fold {fold['fold']}: train {fold['train']['images']:5d} images ({fold['train']['groups']} groups), "
+            f"val {fold['val']['images']:5d} images ({fold['val']['groups']} groups)"
+        )
+    typer.echo(f"summary {Path(out) / 'summary.json'}")
+
+
+@data_app.command("show", short_help="Grid of images with colour-coded masks and a legend.")
+@friendly
+def data_show(
+    annotations: AnnArg,
+    images: ImagesOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write")] = Path("grid.png"),
+    count: Annotated[int, typer.Option(help="Number of images")] = 12,
+    seed: Annotated[int, typer.Option(help="Which images (random, reproducible)")] = 0,
+    masks: Annotated[
+        Path | None, typer.Option(help="Show these mask PNGs instead (e.g. trash predict's masks/)")
+    ] = None,
+):
+    """Look at the data (or at predictions with --masks) as colour overlays.
+
+    Example: trash data show data/val.json --images data --out grid.png --masks preds/masks
+    """
+    from app.data.show import show_coco
+
+    typer.echo(f"grid {show_coco(annotations, images, out, count, seed, masks)}")
+
+
+def _refuse_bad_data(annotations: Path, images: Path | None) -> None:
+    """The json's own errors (not its image files'), as `trash data check` reports them, refuse the command."""
+    from app.data.check import check_coco
+
+    report = check_coco(annotations, images, read_images=False)
+    if not report.ok:
+        raise TrashError(
+            f"{report.path} has errors; run `trash data check` for the full report:\n"
+            + "\n".join(p.message for p in report.errors[:10])
+        )
