@@ -72,8 +72,8 @@ def weights_payload(learn, recipe: Recipe) -> dict:
         "state_dict": {k: v.detach().cpu() for k, v in get_model(learn.model).state_dict().items()},
         "recipe": recipe.to_dict(),
         "classes": list(learn.trash_classes),
-        "build_size": recipe.stages()[0][0],  # the model was built for the first stage's size (window sizes)
-        "size": recipe.stages()[-1][0],  # images are squished to the last stage's size
+        "build_size": list(recipe.shape(recipe.stages()[0][0])),  # built for the first stage's size (windows)
+        "size": list(recipe.shape(recipe.stages()[-1][0])),  # images are squished to the last stage's (H, W)
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
     }
@@ -191,15 +191,20 @@ def learner_from_weights(path: str | Path, cpu: bool = True):
     recipe = recipe_from_dict(payload["recipe"])
     cfg = dataclasses.replace(recipe.model, pretrained=False, weights="")
     classes = list(payload["classes"])
-    model, _, _ = build_model(cfg, len(classes), payload["build_size"])
+    model, _, _ = build_model(cfg, len(classes), _shape(payload["build_size"]))
     model.load_state_dict(payload["state_dict"])
     mean, std = tuple(payload["mean"]), tuple(payload["std"])
     device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
-    dls = _prediction_loaders(recipe, classes, payload["size"], mean, std, device)
+    dls = _prediction_loaders(recipe, classes, _shape(payload["size"]), mean, std, device)
     learn = Learner(dls, model.to(device), loss_func=_loss(recipe))
     learn.trash_norm, learn.trash_classes = (mean, std), classes
     model.eval()
     return learn
+
+
+def _shape(size) -> tuple[int, int]:
+    """(H, W) from weights.pth: one side in exports before `data.aspect`, [H, W] since."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _loss(recipe: Recipe) -> SegmentationLoss:
@@ -208,7 +213,7 @@ def _loss(recipe: Recipe) -> SegmentationLoss:
     return SegmentationLoss(lo.weights(), None, lo.ignore_index, lo.focal_gamma, lo.label_smoothing)
 
 
-def _prediction_loaders(recipe: Recipe, classes: list[str], size: int, mean: tuple, std: tuple, device: str):
+def _prediction_loaders(recipe: Recipe, classes: list[str], size: tuple, mean: tuple, std: tuple, device: str):
     """Empty DataLoaders with the training pipeline (Resize squish, Normalize): what `test_dl` needs.
 
     fastai sets a pipeline up on one real item, so a 1-pixel image and mask are written to a temporary folder
@@ -217,11 +222,13 @@ def _prediction_loaders(recipe: Recipe, classes: list[str], size: int, mean: tup
     import cv2
     import numpy as np
 
-    data = dataclasses.replace(recipe.data, copy_paste=0.0, mosaic=0.0, sampler="uniform", crop=0)
+    # The loaders squish to `size` (H, W) whatever the recipe's aspect: as a single-stage recipe of that shape.
+    aspect = size[1] / size[0]
+    data = dataclasses.replace(recipe.data, copy_paste=0.0, mosaic=0.0, sampler="uniform", crop=0, aspect=aspect)
     with tempfile.TemporaryDirectory() as folder:
         image, mask = Path(folder) / "image.png", Path(folder) / "mask.png"
         cv2.imwrite(str(image), np.zeros((1, 1, 3), np.uint8))
         cv2.imwrite(str(mask), np.zeros((1, 1), np.uint8))
         sample = Sample(image, mask)
         items = Items([sample], [sample], classes, {}, {}, [])
-        return make_dls(items, dataclasses.replace(recipe, data=data), size, mean, std, device=device).new_empty()
+        return make_dls(items, dataclasses.replace(recipe, data=data), size[0], mean, std, device=device).new_empty()

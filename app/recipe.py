@@ -31,7 +31,8 @@ class Data:
     fold: int = -1  # which fold of `split` to train (`trash fit --fold K`); -1 = no split
     overlap: str = "largest-first"  # paint order of overlapping annotations (app/data/masks.py OVERLAP_RULES)
     drop_bad_annotations: bool = False  # drop (and list) what `trash data check` reports instead of refusing
-    size: int = 256  # side (px) images are squished to for training and prediction
+    size: int = 256  # height (px) images are squished to for training and prediction (the side when aspect is 1)
+    aspect: float = 1.0  # width / height of that size: 1.75 squishes to size x 1.75*size (width rounded to 32)
     stages: tuple[tuple[int, int], ...] = ()  # progressive resizing ((size, epochs), ...); overrides size/epochs
     batch_size: int = 8
     workers: int = 0  # DataLoader worker processes (0 = main process; measured fastest on 2 cores)
@@ -108,6 +109,10 @@ class Train:
     cutmix: float = 0.0  # probability per batch of segmentation CutMix (a box of image and mask from another sample)
     tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
     seed: int = 42
+    threads: int = 0  # torch (and OpenCV) threads; 0 = torch's default. 1 uses the least CPU time per image
+    # > 0: the whole `trash fit` process may use this many CPU-seconds (user + sys): the schedule runs on the share
+    # of this budget used, training stops in time to validate and export within it; train.epochs is then a cap
+    cpu_budget: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,12 @@ class Recipe:
     def stages(self) -> tuple[tuple[int, int], ...]:
         """(size, epochs) per progressive-resizing stage; one stage when `data.stages` is empty."""
         return self.data.stages or ((self.data.size, self.train.epochs),)
+
+    def shape(self, size: int) -> tuple[int, int]:
+        """(height, width) images are squished to at a stage of height `size` (`data.aspect`, width to 32)."""
+        if self.data.aspect == 1:
+            return size, size
+        return size, max(32, round(size * self.data.aspect / 32) * 32)
 
     def to_dict(self) -> dict:
         """Plain values, the loss terms flattened into their section (`loss.ce`), as a recipe file writes them."""
@@ -239,8 +250,10 @@ def _check_data(d: Data, stages: tuple[tuple[int, int], ...]) -> list[str]:
     for size, epochs in d.stages:
         if size < 32 or size % 32 or epochs < 1:
             errors.append(f"'data.stages' entry ({size}, {epochs}): size must be a multiple of 32, epochs >= 1")
-    if d.crop and (d.crop % 32 or d.crop > max(size for size, _ in stages)):
+    if d.crop and (d.crop % 32 or d.crop > max(size for size, _ in stages) * min(1.0, d.aspect)):
         errors.append(f"'data.crop' must be a multiple of 32 no larger than the image size, got {d.crop}")
+    if not 0.25 <= d.aspect <= 4:
+        errors.append(f"'data.aspect' (width / height) must be between 0.25 and 4, got {d.aspect}")
     if not (0 <= d.copy_paste <= 1 and 0 <= d.mosaic <= 1):
         errors.append("'data.copy_paste' and 'data.mosaic' are probabilities between 0 and 1")
     if d.batch_size < 1 or d.workers < 0:
@@ -274,8 +287,10 @@ def _check_train(recipe: Recipe) -> list[str]:
         )
     if not 0 <= t.cutmix <= 1 or not 0 <= t.swa_start < 1:
         errors.append("'train.cutmix' must be in [0, 1] and 'train.swa_start' in [0, 1)")
-    if t.top_k < 0:
-        errors.append(f"'train.top_k' must be >= 0, got {t.top_k}")
+    if t.top_k < 0 or t.threads < 0 or t.cpu_budget < 0:
+        errors.append("'train.top_k', 'train.threads' and 'train.cpu_budget' must be >= 0")
+    if t.cpu_budget and (len(recipe.stages()) > 1 or recipe.model.freeze_epochs):
+        errors.append("'train.cpu_budget' drives one phase: use it without data.stages and model.freeze_epochs")
     return errors
 
 

@@ -11,6 +11,11 @@ predictions folder this script writes (fp16 probabilities at each image's origin
         --test splits/trashcan/fold0/val.json --images ../shared/data/trashcan/images \\
         --encoder tf_efficientnet_lite0 --size 224 --epochs 12 --out runs/baseline
 
+With `--cpu-budget 3600` it trains (shuffled epochs, the last partial one included) until its own process has
+used that many CPU-seconds, user + sys as /usr/bin/time counts them, loading the images included; `--hflip`,
+`--precision bf16` (CPU autocast) and `--channels-last` are the settings of docs/results.md's trashcan_large
+baseline. Its last weights are scored.
+
 Writes OUT/predictions/<the test json path's last 3 parts, e.g. trashcan_fold0_val>/ (probs/*.npy +
 predictions.json), OUT/history.csv and OUT/result.json
 (test mIoU both ways, per-class IoU, wall time). Not part of `make bench` (minutes to tens of minutes).
@@ -18,6 +23,7 @@ predictions.json), OUT/history.csv and OUT/result.json
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -50,6 +56,29 @@ def to_input(batch: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.
     return (x - mean) / std
 
 
+def cpu_seconds() -> float:
+    """User + system CPU-seconds of this process (every thread), as /usr/bin/time counts them."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def batches(args, x: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+    """(epoch, images, masks) of shuffled batches, horizontally flipped at random with --hflip; endless with a
+    CPU budget, else `args.epochs` epochs (the last partial batch of each epoch is dropped)."""
+    epoch = 0
+    while args.cpu_budget or epoch < args.epochs:
+        order = rng.permutation(len(x))
+        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            idx = order[start : start + args.batch_size]
+            xb, yb = x[idx], y[idx]
+            if args.hflip:
+                flip = rng.random(len(idx)) < 0.5
+                xb, yb = xb.copy(), yb.copy()
+                xb[flip], yb[flip] = xb[flip, :, ::-1], yb[flip, :, ::-1]
+            yield epoch, xb, yb
+        epoch += 1
+
+
 def train(args) -> dict:
     from app.model.build import build_model
 
@@ -60,27 +89,45 @@ def train(args) -> dict:
     cfg = Model(arch="smp_unet", encoder=args.encoder, pretrained=args.pretrained)
     model, mean, std = build_model(cfg, len(codes), args.size)
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    history = ["epoch,train_loss,seconds"]
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)  # a constant lr: no schedule
+    history, losses, seen, last = ["epoch,train_loss,images,cpu_seconds,seconds"], [], 0, 0
     print(f"baseline: {len(x)} training images, {len(codes)} classes, {args.encoder} smp.Unet, {args.size} px")
-    for epoch in range(args.epochs):
-        model.train()
-        order, losses = rng.permutation(len(x)), []
-        for start in range(0, len(order) - args.batch_size + 1, args.batch_size):  # drop the last partial batch
-            idx = order[start : start + args.batch_size]
-            xb, yb = to_input(x[idx], mean_t, std_t), torch.from_numpy(y[idx]).long()
-            loss = F.cross_entropy(model(xb), yb, ignore_index=IGNORE)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history.append(f"{epoch},{np.mean(losses):.5f},{time.time() - started:.0f}")
-        print(f"epoch {epoch}: train loss {np.mean(losses):.4f} ({time.time() - started:.0f} s)", flush=True)
-    train_seconds = time.time() - started
+    for epoch, xb, yb in batches(args, x, y, rng):
+        if epoch != last:
+            history.append(_row(last, losses, seen, started))
+            losses, last = [], epoch
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits = model(to_input(xb, mean_t, std_t).contiguous(memory_format=layout))
+            loss = F.cross_entropy(logits.float(), torch.from_numpy(yb).long(), ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        seen += len(xb)
+        if args.cpu_budget and cpu_seconds() >= args.cpu_budget:
+            break
+    history.append(_row(last, losses, seen, started))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "history.csv").write_text("\n".join(history) + "\n")
-    return {"model": model, "mean": mean_t, "std": std_t, "codes": codes, "train_seconds": train_seconds}
+    train_cpu = cpu_seconds()
+    return {
+        "model": model.eval(),
+        "mean": mean_t,
+        "std": std_t,
+        "codes": codes,
+        "images_seen": seen,
+        "train_seconds": time.time() - started,
+        "train_cpu_seconds": train_cpu,
+    }
+
+
+def _row(epoch: int, losses: list[float], seen: int, started: float) -> str:
+    row = f"{epoch},{np.mean(losses):.5f},{seen},{cpu_seconds():.0f},{time.time() - started:.0f}"
+    print(f"epoch {epoch}: train loss {np.mean(losses):.4f}, {seen} images, {cpu_seconds():.0f} CPU-s", flush=True)
+    return row
 
 
 @torch.no_grad()
@@ -121,6 +168,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--cpu-budget", type=float, default=0, help="train until the process used this many CPU-s")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips")
     p.add_argument("--out", default="runs/baseline")
     args = p.parse_args(argv)
     if args.threads:
@@ -129,7 +180,13 @@ def main(argv: list[str]) -> int:
 
     started = time.time()
     state = train(args)
-    result = {"args": vars(args), "train_seconds": round(state["train_seconds"]), "scores": {}}
+    result = {
+        "args": vars(args),
+        "train_seconds": round(state["train_seconds"]),
+        "train_cpu_seconds": round(state["train_cpu_seconds"], 1),
+        "images_seen": state["images_seen"],
+        "scores": {},
+    }
     for test in args.test:
         folder = Path(args.out) / "predictions" / prediction_name(test)
         write_predictions(state, test, args.images, args.size, folder)

@@ -7,6 +7,7 @@ included). Albumentations is imported inside the builders so that validating a r
 Presets:
 
 - `none`: identity.
+- `hflip`: horizontal flips only (a forward-looking camera: no upside-down or rotated scenes).
 - `light`: flips, RandomRotate90, mild brightness/contrast.
 - `medium`: light's flips + one warp (a small Affine shift/scale/rotate or an ElasticTransform) + one of
   several mild colour ops.
@@ -123,6 +124,13 @@ def _none(seed: int):
     return _compose([], seed=seed)
 
 
+def _hflip(seed: int):
+    """Horizontal flips only: photos from a camera that looks ahead (no upside-down or rotated scenes)."""
+    import albumentations as A
+
+    return _compose([A.HorizontalFlip(p=0.5)], seed=seed)
+
+
 def _light(seed: int):
     """Flips, 90-degree rotations, mild colour: safe on any photo of objects seen from above."""
     import albumentations as A
@@ -184,7 +192,9 @@ def _heavy(seed: int):
 
 
 PRESETS: Registry[Callable] = Registry(
-    "augmentation preset", {"none": _none, "light": _light, "medium": _medium, "heavy": _heavy}, key="data.augment"
+    "augmentation preset",
+    {"none": _none, "hflip": _hflip, "light": _light, "medium": _medium, "heavy": _heavy},
+    key="data.augment",
 )
 
 
@@ -212,7 +222,7 @@ def crop_non_empty(size: int, seed: int):
     )
 
 
-def build_preset(name: str, seed: int, crop: int | None = None):
+def build_preset(name: str, seed: int, crop: int | None = None, square: bool = True):
     """Returns the albumentations Compose for preset `name`, seeded (albumentations 2 ignores global seeds).
 
     Args:
@@ -220,8 +230,22 @@ def build_preset(name: str, seed: int, crop: int | None = None):
         seed: Seed of the Compose; the same seed gives the same sequence of draws.
         crop: Optional crop side; when given, `crop_non_empty(crop, seed)` runs before the preset's ops
             (the output is then crop x crop instead of the input size).
+        square: Whether the images are square (`data.aspect` 1). Quarter turns and transposes of a non-square
+            image would swap its sides and break the batch, so they are left out then (a square crop keeps them).
     """
     aug = PRESETS[name](seed)
-    if crop is None:
-        return aug
-    return _compose([*crop_non_empty(crop, seed).transforms, *aug.transforms], seed=seed)
+    if crop is not None:
+        return _compose([*crop_non_empty(crop, seed).transforms, *aug.transforms], seed=seed)
+    return aug if square else _compose(_keep_shape(aug.transforms), seed=seed)
+
+
+def _keep_shape(transforms) -> list:
+    """`transforms` without the ones that swap height and width (RandomRotate90, Transpose), OneOf blocks too."""
+    import albumentations as A
+
+    kept = []
+    for t in transforms:
+        if isinstance(t, A.RandomRotate90 | A.Transpose):
+            continue
+        kept.append(A.OneOf(_keep_shape(t.transforms), p=t.p) if isinstance(t, A.OneOf) else t)
+    return kept

@@ -166,11 +166,14 @@ def _rare_levers(items: Items, recipe: Recipe) -> tuple[list, np.ndarray | None]
 
 
 def make_dls(items: Items, recipe: Recipe, size: int, mean: tuple, std: tuple, device=None):
-    """fastai DataLoaders at one training size, normalised with the encoder's statistics."""
+    """fastai DataLoaders at one training size (its height: `recipe.shape(size)` gives height and width),
+    normalised with the encoder's statistics."""
     d = recipe.data
-    crop = d.crop if d.crop and d.crop < size else None
-    item_tfms = [Resize(size, method=ResizeMethod.Squish)]  # Squish keeps every pixel and inverts exactly
-    item_tfms.append(AlbumentationsTransform(build_preset(d.augment, recipe.train.seed, crop=crop)))
+    shape = recipe.shape(size)
+    crop = d.crop if d.crop and d.crop < min(shape) else None
+    item_tfms = [Resize(shape, method=ResizeMethod.Squish)]  # Squish keeps every pixel and inverts exactly
+    aug = build_preset(d.augment, recipe.train.seed, crop=crop, square=shape[0] == shape[1])
+    item_tfms.append(AlbumentationsTransform(aug))
     rare_tfms, weights = _rare_levers(items, recipe)
     block = DataBlock(
         blocks=(ImageBlock(cls=RGBImage), MaskBlock(items.codes)),

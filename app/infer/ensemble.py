@@ -93,11 +93,11 @@ def run_oof(run: Path, spec: str, progress=None) -> dict[str, np.ndarray]:
     path = _oof_file(run, spec)
     if not path.is_file():
         base = np.load(run / "oof.npz")
-        ids, size = [str(i) for i in base["image"]], base["probs"].shape[-1]
+        ids, size = [str(i) for i in base["image"]], tuple(base["probs"].shape[-2:])
         kept = {}
         stream = stream_predictions(load_members([run]), [(i, Path(i)) for i in ids], InferenceOptions(tta=spec))
         for pred in progress(stream, total=len(ids)) if progress else stream:
-            kept[pred.image_id] = F.interpolate(pred.probs[None], size=(size, size), mode="area")[0].half().numpy()
+            kept[pred.image_id] = F.interpolate(pred.probs[None], size=size, mode="area")[0].half().numpy()
         savez(path, image=np.array(list(kept)), probs=np.stack(list(kept.values())))
     data = np.load(path)
     return {str(i): p for i, p in zip(data["image"], data["probs"])}
@@ -147,7 +147,7 @@ class OOFSet:
 
 
 def _weighted(oof: OOFSet, weights: np.ndarray, class_weights: np.ndarray | None = None) -> torch.Tensor:
-    """Per-class weighted mean of the candidates' probabilities (as app.members.combine)."""
+    """Per-class weighted mean of the candidates' probabilities (as app.infer.members.combine)."""
     w = torch.as_tensor(weights, dtype=torch.float32)[:, None].repeat(1, oof.n_classes)
     if class_weights is not None:
         w = w * torch.as_tensor(class_weights, dtype=torch.float32)

@@ -59,8 +59,8 @@ class Member:
             return None
         for tfm in self.learn.dls.valid.after_item.fs:
             if type(tfm).__name__ == "Resize":
-                size = tfm.size
-                return (size, size) if isinstance(size, int) else tuple(size)
+                size = tfm.size  # fastai keeps (width, height)
+                return (size, size) if isinstance(size, int) else (int(size[1]), int(size[0]))
         raise TrashError(f"{self.name}: the export has no Resize transform; was it made by `trash fit`?")
 
     def weights_per_class(self, n_classes: int) -> torch.Tensor:

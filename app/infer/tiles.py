@@ -53,7 +53,7 @@ def sliding_window_probs(
         model: NCHW images to NCHW logits of the same size.
         x: One image, normalised as in training.
         tile: (h, w) of a tile: the training size.
-        views: TTA views per tile (see app.tta.predict_probs).
+        views: TTA views per tile (see app.infer.tta.predict_probs).
         overlap: Share of a tile shared with its neighbour, in [0, 1).
         batch_size: Tiles per forward pass.
     """

@@ -109,10 +109,20 @@ def size_multiple(arch: str, spec: EncoderSpec) -> int:
     return math.lcm(ARCHS[arch].multiple(spec), spec.window_multiple)
 
 
-def check_size(model_or_multiple, size: int) -> None:
-    """TrashError when `size` is not a side the built model (or a given multiple) can take."""
+def sides(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a size given as one side (a square) or as (height, width)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_size(model_or_multiple, size: int | tuple[int, int]) -> None:
+    """TrashError when a side of `size` (one side or (height, width)) is not one the model can take."""
     multiple = getattr(model_or_multiple, "trash_size_multiple", model_or_multiple)
     multiple = multiple if isinstance(multiple, int) else 1
+    for side in sorted(set(sides(size))):
+        _check_side(model_or_multiple, side, multiple)
+
+
+def _check_side(model_or_multiple, size: int, multiple: int) -> None:
     if size % multiple:
         lower, upper = size // multiple * multiple, (size // multiple + 1) * multiple
         what = getattr(model_or_multiple, "trash_description", "this model")
@@ -133,7 +143,7 @@ def check_model(cfg: Model, sizes=(256,)) -> int:
     return _checked_spec(cfg, list(sizes))[1]
 
 
-def build_model(cfg: Model, n_classes: int, size: int) -> tuple[nn.Module, tuple, tuple]:
+def build_model(cfg: Model, n_classes: int, size: int | tuple[int, int]) -> tuple[nn.Module, tuple, tuple]:
     """The segmentation model of `cfg.arch` with `cfg.encoder`, `cfg.norm` applied, and its input mean/std.
 
     The model carries `trash_size_multiple` (see `check_size`) and `trash_weights` (where the encoder's
@@ -155,7 +165,7 @@ def build_model(cfg: Model, n_classes: int, size: int) -> tuple[nn.Module, tuple
     return model, tuple(mean), tuple(std)
 
 
-def _checked_spec(cfg: Model, sizes: list[int]) -> tuple[EncoderSpec, int]:
+def _checked_spec(cfg: Model, sizes: list) -> tuple[EncoderSpec, int]:
     arch = ARCHS[cfg.arch]
     NORMS[cfg.norm]  # an unknown norm fails here, before the encoder is looked at
     spec = encoder_spec(cfg, sizes[0], load_weights=False)  # window transformers are built for the first size

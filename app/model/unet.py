@@ -139,7 +139,7 @@ class Unet(DynamicUnet):
         SequentialEx.__init__(self, *layers)
 
 
-def build_unet(cfg: Model, spec: EncoderSpec, n_classes: int, size: int) -> nn.Module:
+def build_unet(cfg: Model, spec: EncoderSpec, n_classes: int, size) -> nn.Module:
     """fastai DynamicUnet around the encoder (stages cut from the classifier, or the tapped extractor)."""
     encoder = None
     if spec.feature_cls in SEQUENTIAL_FEATURES and not spec.nhwc:
@@ -154,7 +154,7 @@ def build_unet(cfg: Model, spec: EncoderSpec, n_classes: int, size: int) -> nn.M
     return Unet(
         encoder,
         n_classes,
-        (size, size),
+        (size, size) if isinstance(size, int) else tuple(size),
         widths=tuple(getattr(cfg, "decoder_widths", ())),
         blur=cfg.blur,
         self_attention=cfg.self_attention,

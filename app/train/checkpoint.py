@@ -32,6 +32,7 @@ from fastai.torch_core import get_model
 
 from app.atomic import atomic_open, sha256, torch_save, write_text
 from app.errors import TrashError
+from app.train.budget import budget_used
 from app.train.callbacks.base import AFTER_TRACKERS, CompleteEpochs
 from app.train.plan import Phase
 from app.train.state import as_fastai_opt_state, global_rng, loader_rng, plain, set_global_rng, set_loader_rng
@@ -82,6 +83,7 @@ def save_checkpoint(learn, epochs_done: int, phase: Phase, seconds: float = 0.0)
         "format": FORMAT,
         "epochs_done": epochs_done,
         "seconds": float(seconds),
+        "budget_used": float(budget_used(learn)),  # CPU-seconds of training, for a run to train.cpu_budget
         "loaders": phase.loaders,
         "model": get_model(learn.model).state_dict(),
         "opt": plain(learn.opt.state_dict()) if learn.opt is not None else None,

@@ -9,7 +9,7 @@ work the same way, since every launcher sets RANK / WORLD_SIZE / MASTER_ADDR. In
   its share of every batch) with two changes for CPU and for exact metrics: index broadcasts work on gloo
   (fastai moves them to CUDA), and validation is split into disjoint shards without fastai's padding, so no
   image is counted twice;
-- the mIoU metric sums the ranks' confusion matrices before computing IoU (app.metrics.MeanIoU), never an
+- the mIoU metric sums the ranks' confusion matrices before computing IoU (app.model.metrics.MeanIoU), never an
   average of per-rank mIoU;
 - only rank 0 creates the run directory and writes files (history, checkpoints, export, metrics).
 

@@ -54,7 +54,7 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
     """The Learner for the first stage; `learn.trash_norm` keeps the encoder's (mean, std) for later stages."""
     size = recipe.stages()[0][0]
     n_classes = len(items.codes)
-    model, mean, std = build_model(recipe.model, n_classes, size)
+    model, mean, std = build_model(recipe.model, n_classes, recipe.shape(size))
     learn = Learner(
         make_dls(items, recipe, size, mean, std),
         model,

@@ -38,7 +38,8 @@ def run_phase(learn, recipe: Recipe, items, phase: Phase, start_epoch: int = 0, 
     frozen_before = any(p.frozen for p in training_phases(recipe))
     t = recipe.train
     lr = slice(t.lr / recipe.model.encoder_lr_div, t.lr) if frozen_before else t.lr  # discriminative lrs
-    fit(learn, ScheduleOptions.of(t), phase.epochs, lr, cbs=cbs, start_epoch=start_epoch)
+    used = float(state.get("budget_used", 0.0)) if state else 0.0  # CPU-seconds a resumed budget run had spent
+    fit(learn, ScheduleOptions.of(t, budget_used=used), phase.epochs, lr, cbs=cbs, start_epoch=start_epoch)
 
 
 def _enter_phase(learn, recipe: Recipe, items, phase: Phase, state: dict | None) -> None:
@@ -57,7 +58,8 @@ def _phase_callbacks(learn, recipe: Recipe, phase: Phase, start_epoch: int, stat
     for cb in learn.cbs:  # epoch numbers in checkpoints and logs run on across stages
         if hasattr(cb, "epoch_offset"):
             cb.epoch_offset = phase.start
-    averaged = recipe.train.averaging != "none" and not phase.frozen
+    # Averaged weights, and a run to a CPU budget (its lr anneals to the end), keep their last weights, not the best.
+    averaged = (recipe.train.averaging != "none" or recipe.train.cpu_budget > 0) and not phase.frozen
     best = BestModel(monitor="miou", comp=np.greater, at_end=averaged, stage=phase.stage, epoch_offset=phase.start)
     best.resume_best = _resume_best(run, phase) if start_epoch else None
     return [

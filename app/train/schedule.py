@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-from fastai.callback.schedule import ParamScheduler, sched_cos, sched_lin
+from fastai.callback.schedule import ParamScheduler, combined_cos, sched_cos, sched_lin
 from fastai.callback.tracker import ReduceLROnPlateau, TrackerCallback
 from fastcore.foundation import L
 
 from app.errors import TrashError
 from app.recipe import Train
 from app.registry import Registry
+from app.train.budget import BudgetScheduler
 
 FLAT_PCT = 0.75  # flat_cos: share of training at the full lr (fastai's `fit_flat_cos` default)
 WARMUP_DIV = 100.0  # warmup_cosine starts at lr / WARMUP_DIV
@@ -124,11 +125,21 @@ class ScheduleOptions:
     plateau_patience: int = 2
     plateau_factor: float = 0.2
     monitor: str = "valid_loss"
+    cpu_budget: float = 0.0  # > 0: the position in training is the share of this budget used (app/train/budget.py)
+    budget_used: float = 0.0  # CPU-seconds of training a resumed run had already used
 
     @classmethod
-    def of(cls, t: Train, name: str | None = None) -> "ScheduleOptions":
+    def of(cls, t: Train, name: str | None = None, budget_used: float = 0.0) -> "ScheduleOptions":
         """The recipe's train section's schedule (or the one `name`s, with the recipe's settings)."""
-        return cls(name or t.schedule, t.warmup_pct, tuple(t.step_epochs), t.step_gamma, t.plateau_patience)
+        return cls(
+            name or t.schedule,
+            t.warmup_pct,
+            tuple(t.step_epochs),
+            t.step_gamma,
+            t.plateau_patience,
+            cpu_budget=t.cpu_budget,
+            budget_used=budget_used,
+        )
 
 
 def _peak_lrs(learn, lr) -> np.ndarray:
@@ -159,8 +170,21 @@ def _check(o: ScheduleOptions, epochs: int, start_epoch: int) -> None:
             raise TrashError(f"plateau_patience must be >= 1, got {o.plateau_patience}")
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule: how it runs a fit by epochs, and its shape as functions of the position for a CPU budget."""
+
+    fit: Callable  # (learn, options, epochs, lr, callbacks, start_epoch)
+    scheds: Callable | None = None  # (peak lrs, options, epochs) -> {hyper: f(position)}; None: epochs only
+
+
 def _one_cycle(learn, o: ScheduleOptions, epochs: int, lr, cbs, start_epoch: int) -> None:
     learn.fit_one_cycle(epochs, lr, cbs=cbs, start_epoch=start_epoch)
+
+
+def _one_cycle_scheds(peak, o: ScheduleOptions, epochs: int) -> dict:
+    """fastai's fit_one_cycle shapes (pct_start 0.25, div 25, div_final 1e5, moms 0.95-0.85-0.95)."""
+    return {"lr": combined_cos(0.25, peak / 25, peak, peak / 1e5), "mom": combined_cos(0.25, 0.95, 0.85, 0.95)}
 
 
 def _plateau(learn, o: ScheduleOptions, epochs: int, lr, cbs, start_epoch: int) -> None:
@@ -172,34 +196,45 @@ def _plateau(learn, o: ScheduleOptions, epochs: int, lr, cbs, start_epoch: int) 
 
 def _scheduled(make_sched: Callable, learn, o: ScheduleOptions, epochs: int, lr, cbs, start_epoch: int) -> None:
     """A plain fit with fastai's ParamScheduler driving the lr along `make_sched(peak lrs, options, epochs)`."""
-    sched = make_sched(_peak_lrs(learn, lr), o, epochs)
-    learn.fit(epochs, lr, cbs=L(ParamScheduler({"lr": sched})) + L(cbs), start_epoch=start_epoch)
+    scheds = make_sched(_peak_lrs(learn, lr), o, epochs)
+    learn.fit(epochs, lr, cbs=L(ParamScheduler(scheds)) + L(cbs), start_epoch=start_epoch)
 
 
-def _flat_cos(peak, o: ScheduleOptions, epochs: int):
-    return partial(flat_cos_lr, lr=peak)
+def _flat_cos(peak, o: ScheduleOptions, epochs: int) -> dict:
+    return {"lr": partial(flat_cos_lr, lr=peak)}
 
 
-def _warmup_cosine(peak, o: ScheduleOptions, epochs: int):
-    return partial(warmup_cosine_lr, lr=peak, warmup_pct=o.warmup_pct)
+def _warmup_cosine(peak, o: ScheduleOptions, epochs: int) -> dict:
+    return {"lr": partial(warmup_cosine_lr, lr=peak, warmup_pct=o.warmup_pct)}
 
 
-def _step(peak, o: ScheduleOptions, epochs: int):
-    return partial(step_lr, lr=peak, epochs=epochs, step_epochs=tuple(o.step_epochs), gamma=o.step_gamma)
+def _step(peak, o: ScheduleOptions, epochs: int) -> dict:
+    return {"lr": partial(step_lr, lr=peak, epochs=epochs, step_epochs=tuple(o.step_epochs), gamma=o.step_gamma)}
 
 
-#: schedule -> runs one fit: (learn, options, epochs, lr, callbacks, start_epoch)
-SCHEDULES: Registry[Callable] = Registry(
+SCHEDULES: Registry[Schedule] = Registry(
     "schedule",
     {
-        "one_cycle": _one_cycle,
-        "flat_cos": partial(_scheduled, _flat_cos),
-        "warmup_cosine": partial(_scheduled, _warmup_cosine),
-        "step": partial(_scheduled, _step),
-        "plateau": _plateau,
+        "one_cycle": Schedule(_one_cycle, _one_cycle_scheds),
+        "flat_cos": Schedule(partial(_scheduled, _flat_cos), _flat_cos),
+        "warmup_cosine": Schedule(partial(_scheduled, _warmup_cosine), _warmup_cosine),
+        "step": Schedule(partial(_scheduled, _step)),  # steps at epochs: not a function of a budget's share
+        "plateau": Schedule(_plateau),  # follows the validation score: not a function of a budget's share
     },
     key="train.schedule",
 )
+
+
+def _budget_fit(learn, o: ScheduleOptions, epochs: int, lr, cbs, start_epoch: int) -> None:
+    """One fit whose schedule follows the CPU budget used (app/train/budget.py); `epochs` is a cap."""
+    make = SCHEDULES[o.name].scheds
+    if make is None:
+        raise TrashError(
+            f"schedule {o.name!r} steps by epochs or score, not by a CPU budget: use one of "
+            f"{', '.join(n for n, s in SCHEDULES.items() if s.scheds)} with train.cpu_budget"
+        )
+    scheduler = BudgetScheduler(make(_peak_lrs(learn, lr), o, epochs), o.cpu_budget, o.budget_used)
+    learn.fit(epochs, lr, cbs=L(scheduler) + L(cbs), start_epoch=start_epoch)
 
 
 def fit(learn, schedule: str | ScheduleOptions, epochs: int, lr, cbs=None, start_epoch: int = 0) -> None:
@@ -220,4 +255,5 @@ def fit(learn, schedule: str | ScheduleOptions, epochs: int, lr, cbs=None, start
     """
     options = ScheduleOptions(schedule) if isinstance(schedule, str) else schedule
     _check(options, epochs, start_epoch)
-    SCHEDULES[options.name](learn, options, epochs, lr, cbs, start_epoch)
+    run = _budget_fit if options.cpu_budget else SCHEDULES[options.name].fit
+    run(learn, options, epochs, lr, cbs, start_epoch)

@@ -35,7 +35,7 @@ def set_global_rng(state: dict) -> None:
 
 
 def _unwrapped(dl):
-    """The fastai loader itself, also while data-parallel training wraps it (app.distributed.ShardedDL)."""
+    """The fastai loader itself, also while data-parallel training wraps it (app.train.distributed.ShardedDL)."""
     from fastai.distributed import DistributedDL
 
     return dl.dl if isinstance(dl, DistributedDL) else dl

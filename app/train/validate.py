@@ -42,6 +42,11 @@ RECIPE_REGISTRIES: tuple[Registry, ...] = (
 def name_problems(recipe: Recipe) -> list[str]:
     """Every recipe value that is not a name of its registry (unset optional names are fine)."""
     errors = [r.problem(recipe.get(r.key)) for r in RECIPE_REGISTRIES if recipe.get(r.key)]
+    if recipe.train.cpu_budget and recipe.train.schedule in SCHEDULES and not SCHEDULES[recipe.train.schedule].scheds:
+        errors.append(
+            f"'train.schedule' {recipe.train.schedule!r} steps by epochs or score: with train.cpu_budget use "
+            + ", ".join(n for n, s in SCHEDULES.items() if s.scheds)
+        )
     for term, _ in recipe.loss.terms:
         if term not in LOSS_TERMS:
             fields = [f"loss.{name}" for name in typing.get_type_hints(Loss) if name != "terms"]
@@ -53,7 +58,7 @@ def name_problems(recipe: Recipe) -> list[str]:
 def model_problems(recipe: Recipe) -> list[str]:
     """What keeps the model from being built at every stage's size (checked on the meta device)."""
     try:
-        check_model(recipe.model, [size for size, _ in recipe.stages()])
+        check_model(recipe.model, [recipe.shape(size) for size, _ in recipe.stages()])
     except TrashError as e:
         return [str(e)]
     return []

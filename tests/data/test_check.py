@@ -1,4 +1,4 @@
-"""app.check: a corpus of broken COCO files (one per defect kind), garbage input, clean and real data."""
+"""app.data.check: a corpus of broken COCO files (one per defect kind), garbage input, clean and real data."""
 
 import copy
 import json

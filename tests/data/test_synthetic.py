@@ -1,4 +1,4 @@
-"""Tests for app.synthetic: the deterministic synthetic COCO demo dataset."""
+"""Tests for app.data.synthetic: the deterministic synthetic COCO demo dataset."""
 
 from __future__ import annotations
 
