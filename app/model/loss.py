@@ -1,8 +1,9 @@
 """Segmentation loss: a weighted sum of named terms (the `LOSS_TERMS` registry), class weights, an ignore index.
 
 CE and focal are written here because fastai's FocalLoss has no ignore_index (pseudo-labels mark
-unconfident pixels 255) and its losses cannot be summed into one picklable object. The region terms
-(dice, tversky, lovasz, iou) come from segmentation_models_pytorch, imported on first use: importing it
+unconfident pixels 255) and its losses cannot be summed into one picklable object; dice too, as smp's values
+at a fraction of its CPU cost (see `_dice`). The other region terms (tversky, lovasz, iou) come from
+segmentation_models_pytorch, imported on first use: importing it
 costs ~2 s (all of smp's models and encoders load) and this module is imported whenever an exported
 learner is unpickled. A new term is one function and one `LOSS_TERMS` entry here; recipes name it at once
 (`loss = dict(ce=1, newterm=0.5)`, see app/recipe.py).
@@ -36,19 +37,22 @@ class Batch:
         return F.log_softmax(self.logits, dim=1)
 
     @functools.cached_property
+    def safe(self) -> torch.Tensor:
+        """The target with ignored pixels set to class 0 (for indexing; `valid` says which count)."""
+        return torch.where(self.valid, self.target, torch.zeros_like(self.target))
+
+    @functools.cached_property
     def nll(self) -> torch.Tensor:
         """Per-pixel negative log-likelihood of the true class; 0 at ignored pixels (torch.where: even an inf
         there cannot leak in)."""
-        safe = torch.where(self.valid, self.target, torch.zeros_like(self.target))
-        return torch.where(self.valid, -self.logp.gather(1, safe.unsqueeze(1)).squeeze(1), 0.0)
+        return torch.where(self.valid, -self.logp.gather(1, self.safe.unsqueeze(1)).squeeze(1), 0.0)
 
     @functools.cached_property
     def pixel_weights(self) -> torch.Tensor:
         """Each labelled pixel's class weight (1 without class weights), 0 where ignored."""
         if self.weights is None:
             return self.valid.float()
-        safe = torch.where(self.valid, self.target, torch.zeros_like(self.target))
-        return torch.where(self.valid, self.weights[safe], 0.0)
+        return torch.where(self.valid, self.weights[self.safe], 0.0)
 
     @functools.cached_property
     def norm(self) -> torch.Tensor:
@@ -71,6 +75,29 @@ def _focal(loss: "SegmentationLoss", b: Batch) -> torch.Tensor:
     return (b.pixel_weights * (1 - torch.exp(-b.nll)) ** loss.focal_gamma * b.nll).sum() / b.norm
 
 
+def _dice(loss: "SegmentationLoss", b: Batch) -> torch.Tensor:
+    """Soft Dice per class (2|P∩Y| / (|P| + |Y|)), 0 for classes absent from the batch's truth, averaged over
+    classes (class-weighted when weights are set): smp's multiclass DiceLoss, value and gradient.
+
+    Written here because smp builds one-hot (N, C, H*W) truth and products over it: with 23 classes at 256 px that
+    cost 5x the cross-entropy on CPU (0.45 s of a 2.7 s step at batch 4). A gather and a per-class sum of the true
+    class's probability give the same intersection at a fraction of the cost.
+    """
+    everything = bool(b.valid.all())  # the usual case: no pixel ignored, no masking passes over (N, C, H, W)
+    probs = b.logp.exp() if everything else b.logp.exp() * b.valid.unsqueeze(1)  # ignored pixels: in no class
+    n_classes = probs.shape[1]
+    labels = b.safe.flatten() if everything else b.safe[b.valid]
+    true_prob = probs.gather(1, b.safe.unsqueeze(1)).squeeze(1)
+    true_prob = true_prob.flatten() if everything else true_prob[b.valid]
+    truth = torch.bincount(labels, minlength=n_classes).to(probs.dtype)  # |Y| per class
+    intersection = torch.zeros(n_classes, dtype=probs.dtype, device=probs.device).index_add(0, labels, true_prob)
+    cardinality = probs.sum((0, 2, 3)) + truth
+    per_class = (1.0 - intersection / (0.5 * cardinality).clamp_min(1e-7)) * (truth > 0)
+    if b.weights is None:
+        return per_class.mean()
+    return (per_class * b.weights).sum() / b.weights.sum()
+
+
 def _region(name: str, loss: "SegmentationLoss", b: Batch) -> torch.Tensor:
     """An smp region loss, built on first use (import cost) and rebuilt when the class weights change."""
     if name not in loss._smp:
@@ -82,12 +109,6 @@ def _smp_kwargs(loss: "SegmentationLoss") -> dict:
     # smp's Dice/Tversky/Jaccard take class_weights and average the per-class losses with them.
     weights = None if loss.class_weights is None else loss.class_weights.tolist()
     return dict(mode="multiclass", from_logits=True, ignore_index=loss.ignore_index, class_weights=weights)
-
-
-def _smp_dice(loss: "SegmentationLoss"):
-    from segmentation_models_pytorch.losses import DiceLoss
-
-    return DiceLoss(**_smp_kwargs(loss))
 
 
 def _smp_tversky(loss: "SegmentationLoss"):
@@ -126,7 +147,7 @@ LOSS_TERMS: Registry[Term] = Registry(
     {
         "ce": Term(_ce),
         "focal": Term(_focal),
-        "dice": _smp_term("dice", _smp_dice),
+        "dice": Term(_dice),
         "tversky": _smp_term("tversky", _smp_tversky),
         "lovasz": _smp_term("lovasz", _smp_lovasz, class_weighted=False),
         "iou": _smp_term("iou", _smp_iou),

@@ -9,7 +9,7 @@ import torch
 from fastai.callback.hook import dummy_eval, hook_outputs, model_sizes
 from fastai.layers import BatchNorm, ConvLayer, MergeLayer, PixelShuffle_ICNR, ResBlock, ToTensorBase, in_channels
 from fastai.torch_core import apply_init
-from fastai.vision.all import DynamicUnet, SequentialEx
+from fastai.vision.all import DynamicUnet, SequentialEx, TensorBase
 from fastai.vision.models.unet import ResizeToOrig, UnetBlock, _get_sz_change_idxs
 from torch import nn
 
@@ -137,6 +137,12 @@ class Unet(DynamicUnet):
         apply_init(nn.Sequential(layers[3], layers[-2]), nn.init.kaiming_normal_)
         layers.append(ToTensorBase())
         SequentialEx.__init__(self, *layers)
+
+    def forward(self, x):
+        # fastai's TensorImage input would route every op of the network through TensorBase.__torch_function__ (a
+        # Python call per op: 8% of a CPU training step, profiled); the network runs on plain tensors and its last
+        # layer (ToTensorBase) hands fastai a TensorBase again.
+        return super().forward(x.as_subclass(torch.Tensor) if isinstance(x, TensorBase) else x)
 
 
 def build_unet(cfg: Model, spec: EncoderSpec, n_classes: int, size) -> nn.Module:
