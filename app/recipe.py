@@ -65,6 +65,9 @@ class Model:
     # widths (up_in/2 + skip channels: 5.7x the FLOPs of the default with resnet18, 2.7x with effb4; docs/benchmarks.md)
     decoder_widths: tuple[int, ...] = (256, 128, 64, 32, 16)
     freeze_epochs: int = 0  # pretrained encoders: epochs with the encoder frozen before unfreezing everything
+    # the encoder's first stages (stem, 1/2 and 1/4 resolution blocks) that never train: no backward through the
+    # highest resolutions (2 stages of Lite0 at 256 px: ~15% less CPU per step), their pretrained filters kept
+    freeze_stages: int = 0
     encoder_lr_div: float = 10.0  # after unfreezing, the encoder trains at lr / this (discriminative lrs)
 
 
@@ -287,6 +290,8 @@ def _check_train(recipe: Recipe) -> list[str]:
         )
     if not 0 <= t.cutmix <= 1 or not 0 <= t.swa_start < 1:
         errors.append("'train.cutmix' must be in [0, 1] and 'train.swa_start' in [0, 1)")
+    if recipe.model.freeze_stages < 0:
+        errors.append(f"'model.freeze_stages' must be >= 0, got {recipe.model.freeze_stages}")
     if t.top_k < 0 or t.threads < 0 or t.cpu_budget < 0:
         errors.append("'train.top_k', 'train.threads' and 'train.cpu_budget' must be >= 0")
     if t.cpu_budget and (len(recipe.stages()) > 1 or recipe.model.freeze_epochs):

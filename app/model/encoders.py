@@ -229,6 +229,14 @@ def model_splitter(model: nn.Module) -> list:
     return [encoder, [p for p in model.parameters() if id(p) not in ids]]
 
 
+def freeze_stages(model: nn.Module, stages: int) -> None:
+    """Keeps the weights of the encoder's first `stages` children (its highest-resolution stages) fixed: no
+    gradients for them, so backward stops below them. BatchNorm running statistics still update."""
+    for stage in list(model_encoder(model).children())[:stages]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -16,7 +16,7 @@ from app.data.loaders import make_dls
 from app.data.stats import weights_from_masks
 from app.errors import TrashError
 from app.model.build import build_model
-from app.model.encoders import model_splitter
+from app.model.encoders import freeze_stages, model_splitter
 from app.model.loss import SegmentationLoss
 from app.model.metrics import MeanIoU
 from app.recipe import Recipe
@@ -66,6 +66,7 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
         path=run_dir,
         model_dir="models",
     )
+    freeze_stages(model, recipe.model.freeze_stages)
     learn.trash_norm = (mean, std)  # for the loaders of later progressive-resizing stages
     learn.trash_classes = list(items.codes)  # travels with the export: predict checks it against data
     PRECISIONS[recipe.train.precision](learn)

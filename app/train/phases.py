@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from app.data.loaders import make_dls
+from app.model.encoders import freeze_stages
 from app.recipe import Recipe
 from app.runs import HISTORY
 from app.train import checkpoint as ckpt
@@ -34,6 +35,7 @@ def run_phase(learn, recipe: Recipe, items, phase: Phase, start_epoch: int = 0, 
     if phase.frozen:  # fastai's fine_tune idea: one-cycle over the decoder alone
         fit(learn, "one_cycle", phase.epochs, recipe.train.lr, cbs=cbs, start_epoch=start_epoch)
         learn.unfreeze()
+        freeze_stages(learn.model, recipe.model.freeze_stages)  # unfreeze() made every stage trainable again
         return
     frozen_before = any(p.frozen for p in training_phases(recipe))
     t = recipe.train

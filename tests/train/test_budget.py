@@ -91,3 +91,19 @@ def test_quarter_turns_are_left_out_for_non_square_images():
     for seed in range(8):
         out = build_preset("heavy", seed, square=False)(image=image, mask=mask)
         assert out["image"].shape == (32, 64, 3) and out["mask"].shape == (32, 64)
+
+
+def test_frozen_stages_keep_their_weights_and_the_rest_trains(demo, tmp_path):
+    from app.model.encoders import model_encoder
+    from app.train.run import prepare
+
+    recipe = write_recipe(tmp_path / "f.py", demo, model=dict(encoder=ENCODER, freeze_stages=2), train=dict(epochs=1))
+    _, _, learn = prepare(recipe, out=tmp_path / "runs")
+    stages = list(model_encoder(learn.model).children())
+    before = [p.detach().clone() for p in stages[0].parameters()] + [p.detach().clone() for p in stages[1].parameters()]
+    later = [p.detach().clone() for p in stages[2].parameters()]
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 3e-3)
+    after = list(stages[0].parameters()) + list(stages[1].parameters())
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert any(not torch.equal(a, b) for a, b in zip(stages[2].parameters(), later))
