@@ -170,7 +170,7 @@ def make_dls(items: Items, recipe: Recipe, size: int, mean: tuple, std: tuple, d
     normalised with the encoder's statistics."""
     d = recipe.data
     shape = recipe.shape(size)
-    crop = d.crop if d.crop and d.crop < min(shape) else None
+    crop = d.crop if d.crop and (d.crop < shape[0] or d.crop < shape[1]) else None  # crop x crop windows
     item_tfms = [Resize(shape, method=ResizeMethod.Squish)]  # Squish keeps every pixel and inverts exactly
     aug = build_preset(d.augment, recipe.train.seed, crop=crop, square=shape[0] == shape[1])
     item_tfms.append(AlbumentationsTransform(aug))
