@@ -89,14 +89,14 @@ def verify(path: str | Path) -> None:
     """Checks `path` against the manifest.json beside it.
 
     Raises:
-        TrashError: No manifest (unless TRASH_TRUST_EXPORTS=1), the file is not listed, or its size or
-            sha256 differ from the recorded ones.
+        TrashError: An export.pkl without a manifest (unless TRASH_TRUST_EXPORTS=1; a weights.pth, which runs no
+            code, may come alone), the file is not listed, or its size or sha256 differ from the recorded ones.
     """
     path = Path(path)
     manifest_path = path.parent / MANIFEST
     if not manifest_path.is_file():
-        if os.environ.get(TRUST_ENV) == "1":
-            return
+        if os.environ.get(TRUST_ENV) == "1" or path.suffix == ".pth":
+            return  # weights.pth holds tensors and plain values only: loading it runs no code, a copy alone is fine
         raise TrashError(
             f"{path} has no {MANIFEST} beside it, so it cannot be checked before loading (an export.pkl runs "
             f"code when loaded). Export it again with `trash fit`, or set {TRUST_ENV}=1 if you trust its source"

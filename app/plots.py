@@ -25,11 +25,11 @@ def palette(n_classes: int) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """RGB image with class colours blended where mask > 0 (ignore value 255 shown white)."""
+    """RGB image with class colours blended where mask > 0 (the ignore value, 255 or 65535, shown white)."""
     out = image.astype(np.float32).copy()
     labelled = (mask > 0) & (mask < len(colours))
     out[labelled] = (1 - alpha) * out[labelled] + alpha * colours[mask[labelled]]
-    out[mask == 255] = 255
+    out[mask == (65535 if mask.dtype == np.uint16 else 255)] = 255
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -42,32 +42,51 @@ def _pyplot():
     return plt
 
 
+MAX_LEGEND = 36  # classes named in a grid's legend (the most frequent in it); the rest are counted
+MAX_CLASSES_SHOWN = 40  # classes drawn in a confusion matrix or a class chart: a readable figure at 300 classes
+
+
 def save_grid(
     images: list[np.ndarray], masks: list[np.ndarray], titles: list[str], codes: list[str], path: Path, columns: int = 4
 ) -> Path:
-    """Writes a PNG grid of overlays with a legend of the classes that appear."""
-    from matplotlib.patches import Patch
-
+    """Writes a PNG grid of overlays with a legend of the classes that appear, below the grid (never over it)."""
     plt = _pyplot()
     colours = palette(len(codes))
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows + 0.8), squeeze=False)
-    present = set()
+    handles = _legend_handles(masks, codes, colours)
+    legend_rows = -(-len(handles) // 6)
+    legend_height = 0.3 + 0.22 * legend_rows  # inches
+    height = 2.8 * rows + legend_height
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, height), squeeze=False)
     for ax, image, mask, title in zip(axes.flat, images, masks, titles):
         ax.imshow(overlay(image, mask, colours))
         ax.set_title(title, fontsize=8)
-        present |= {int(v) for v in np.unique(mask) if 0 < v < len(codes)}
     for ax in axes.flat:
         ax.axis("off")
-    handles = [Patch(color=colours[i] / 255, label=f"{i} {codes[i]}") for i in sorted(present)]
-    if any((m == 255).any() for m in masks):  # pseudo-labels' unconfident pixels
-        handles.append(Patch(facecolor="white", edgecolor="grey", label="255 ignore"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / height if handles else 0, 1, 1))
     savefig(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def _legend_handles(masks: list[np.ndarray], codes: list[str], colours: np.ndarray) -> list:
+    """Legend entries of the classes in the masks, most pixels first, at most MAX_LEGEND (then '+N more')."""
+    from matplotlib.patches import Patch
+
+    counts = np.zeros(len(codes), np.int64)
+    for mask in masks:
+        values, n = np.unique(mask, return_counts=True)
+        keep = (values > 0) & (values < len(codes))
+        counts[values[keep].astype(int)] += n[keep]
+    present = [int(i) for i in np.argsort(-counts) if counts[i] > 0]
+    handles = [Patch(color=colours[i] / 255, label=f"{i} {codes[i]}") for i in present[:MAX_LEGEND]]
+    if len(present) > MAX_LEGEND:
+        handles.append(Patch(facecolor="none", edgecolor="none", label=f"+{len(present) - MAX_LEGEND} more classes"))
+    if any((m == 255).any() for m in masks) and len(codes) <= 255:  # pseudo-labels' unconfident pixels
+        handles.append(Patch(facecolor="white", edgecolor="grey", label="255 ignore"))
+    return handles
 
 
 def plot_history(history_csv: str | Path, path: str | Path) -> Path:
@@ -95,13 +114,31 @@ def plot_history(history_csv: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
+def top_classes(cm: np.ndarray, codes: list[str], k: int = MAX_CLASSES_SHOWN) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix of the k classes with the most true or predicted pixels (background always kept),
+    the others summed into one 'other classes' row and column; as is when there are at most k + 1 classes."""
+    if len(codes) <= k + 1:
+        return cm, list(codes)
+    size = cm.sum(0) + cm.sum(1)
+    keep = sorted({0, *np.argsort(-size[1:])[: k - 1] + 1})
+    rest = [i for i in range(len(codes)) if i not in keep]
+    index = np.array([keep.index(i) if i in keep else len(keep) for i in range(len(codes))])
+    small = np.zeros((len(keep) + 1, len(keep) + 1))
+    np.add.at(small, (index[:, None], index[None, :]), cm)
+    return small, [codes[i] for i in keep] + [f"{len(rest)} other classes"]
+
+
 def plot_confusion(cm, codes: list[str], path: str | Path) -> Path:
-    """Row-normalised confusion matrix (rows = truth): where each class's pixels went."""
+    """Row-normalised confusion matrix (rows = truth): where each class's pixels went.
+
+    With more than MAX_CLASSES_SHOWN classes, the ones with the most pixels are drawn and the others summed
+    (`top_classes`), so the figure stays readable (and under 2,500 px) from 2 to hundreds of classes.
+    """
     plt = _pyplot()
-    cm = np.asarray(cm, dtype=np.float64)
+    cm, codes = top_classes(np.asarray(cm, dtype=np.float64), list(codes))
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(codes)
-    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.45 * n, 2 + 0.45 * n))
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), codes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), codes, fontsize=8)
@@ -109,7 +146,8 @@ def plot_confusion(cm, codes: list[str], path: str | Path) -> Path:
     ax.set_ylabel("true")
     if n <= 24:
         _cell_values(ax, rows)
-    ax.set_title("confusion matrix (row-normalised)")
+    shown = "" if not codes[-1].endswith("other classes") else f", the {n - 1} largest classes"
+    ax.set_title(f"confusion matrix (row-normalised{shown})")
     fig.tight_layout()
     savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -137,6 +175,10 @@ def plot_class_shares(names: list[str], rows: list[dict], title: str, path: str 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if len(names) > MAX_CLASSES_SHOWN + 1:  # the background and the classes with the largest shares
+        order = [0, *sorted(range(1, len(names)), key=lambda i: -rows[i]["share"])[:MAX_CLASSES_SHOWN]]
+        title = f"{title}; the {MAX_CLASSES_SHOWN} largest of {len(names) - 1} classes"
+        names, rows = [names[i] for i in order], [rows[i] for i in order]
     fig = Figure(figsize=(max(6.0, 0.5 * len(names) + 2.0), 5.0), layout="constrained")
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
     ax = fig.add_subplot()

@@ -28,6 +28,7 @@ class Data:
     valid_images: str = ""  # folder for valid_annotations; "" = same as `images`
     valid_fraction: float = 0.2  # used when valid_annotations is "": seeded share of images held out
     split: str = ""  # folder written by `trash data split`; with `fold`, replaces annotations/valid_annotations
+    split_command: str = ""  # the command(s) that make `split`: `trash fit` shows them when the folder is missing
     fold: int = -1  # which fold of `split` to train (`trash fit --fold K`); -1 = no split
     overlap: str = "largest-first"  # paint order of overlapping annotations (app/data/masks.py OVERLAP_RULES)
     drop_bad_annotations: bool = False  # drop (and list) what `trash data check` reports instead of refusing
@@ -304,7 +305,12 @@ def _check_files(recipe: Recipe) -> list[str]:
     for key in PATH_KEYS:
         value = recipe.get(key)
         if value and not Path(value).exists():
-            errors.append(f"'{key}' names a missing file or folder: {value}")
+            how = (
+                f"; make it with: {recipe.data.split_command}"
+                if key == "data.split" and recipe.data.split_command
+                else ""
+            )
+            errors.append(f"'{key}' names a missing file or folder: {value}{how}")
     return errors
 
 

@@ -2,10 +2,13 @@
 
 # The split of docs/results.md: fold 0 of a 5-fold video split is the held-out test set, the rest (dev) is split
 # again into 3 folds by video; `trash fit recipes/trashcan.py --fold all` trains the 3 fold models.
-#   trash data split ../shared/data/trashcan/annotations.json --folds 5 --group 'vid_\d+' --out splits/trashcan
-#   trash data split splits/trashcan/fold0/train.json --folds 3 --group 'vid_\d+' --out splits/trashcan-dev
+_SPLIT = (
+    "trash data split ../shared/data/trashcan/annotations.json --folds 5 --group 'vid_\\d+' --out splits/trashcan && "
+    "trash data split splits/trashcan/fold0/train.json --folds 3 --group 'vid_\\d+' --out splits/trashcan-dev"
+)
 data = dict(
     split="splits/trashcan-dev",
+    split_command=_SPLIT,
     fold=0,
     images="../shared/data/trashcan/images",
     size=224,

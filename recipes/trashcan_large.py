@@ -1,8 +1,14 @@
-"""Real litter photos (../shared/data/trashcan_large), trained to 3,600 CPU-seconds: Lite0 Unet at 256x448, one thread."""
+"""Real litter photos (../shared/data/trashcan_large) trained to 3,600 CPU-seconds: Lite0 Unet, 256x448, one thread."""
 
 # Held-out test set: fold 0 of a 5-fold split by video; the rest (dev) is split again by video, fold 0 validates.
+_SPLIT = (
+    "trash data split ../shared/data/trashcan_large/annotations.json --folds 5 --group 'vid_\\d+' --seed 0 "
+    "--out splits/trashcan_large && trash data split splits/trashcan_large/fold0/train.json --folds 10 "
+    "--group 'vid_\\d+' --seed 0 --out splits/trashcan_large-dev"
+)
 data = dict(
     split="splits/trashcan_large-dev",
+    split_command=_SPLIT,
     fold=0,
     images="../shared/data/trashcan_large/images",
     size=256,

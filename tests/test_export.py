@@ -74,3 +74,16 @@ def test_an_export_without_manifest_loads_only_when_trusted(copied, monkeypatch)
         load_learners([copied])
     monkeypatch.setenv(TRUST_ENV, "1")
     assert load_learners([copied])[0].trash_classes
+
+
+def test_a_lone_weights_file_predicts_without_a_manifest(copied, demo, tmp_path, monkeypatch):
+    """weights.pth runs no code when loaded: copied alone (no manifest, no export.pkl) it still predicts."""
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / WEIGHTS).write_bytes((copied / WEIGHTS).read_bytes())
+    for model in (alone / WEIGHTS, alone):  # the file, or a folder holding only it
+        args = ["predict", str(model), "--images", str(demo["images"]), "--data", str(demo["test"])]
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "--no-overlays"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "out" / "submission.csv").is_file()

@@ -46,7 +46,8 @@ def friendly(fn):
 
 
 def progress():
-    """fastprogress's bar, imported when a command runs (not when `trash --help` does)."""
-    from fastprogress.fastprogress import progress_bar
+    """The progress bar library loops take (app/progress.py): drawn in a terminal, none in a log or a pipe."""
+    from app.progress import bar, quiet_outside_terminal
 
-    return progress_bar
+    quiet_outside_terminal()
+    return bar

@@ -60,6 +60,7 @@ def fit(
       trash fit recipes/unet_effb4.py --gpus 4 --fold all
     """
     _check_launch(fold, gpus, parallel)
+    progress()  # bars in a terminal, one line per epoch in a log
     if gpus > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this command in `gpus` processes
         from app.train.distributed import launch_command
 
@@ -162,6 +163,7 @@ def lr_find(
     """
     from app.train.lr_find import lr_find as run_lr_find
 
+    progress()
     run, suggestions = run_lr_find(recipe, set_ or [], out, iters)
     for name, value in suggestions.items():
         typer.echo(f"{name:8s} {value:.2e}")

@@ -15,6 +15,8 @@ Problem kinds (severity "error" unless noted):
 * ``unknown_image``, ``unknown_category``, ``empty_segmentation``, ``bbox_only``,
   ``bad_segmentation`` (neither polygons nor an RLE object), ``polygon_too_short``, ``polygon_odd``,
   ``polygon_nonfinite``, ``polygon_out_of_image``, ``rle_size``, ``bad_rle``.
+* ``duplicate_category_name``, ``duplicate_file_name`` (two entries for one file), ``unknown_key`` (a top-level
+  key that looks like a COCO key but is not one, e.g. ``annotation``).
 * ``no_annotations`` (severity "info"): an image that no annotation names.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from app.data.images import EXIF_ORIENTATION, TRANSPOSING_ORIENTATIONS
 from app.data.shapes import ImageEntry, int_or_none, is_int, rle_problems, segmentation_problems, short, text
 from app.errors import TrashError
+from app.registry import did_you_mean
 
 ERROR = "error"
 INFO = "info"
@@ -182,6 +185,7 @@ def _check_images(entries: list, problems: _Problems) -> tuple[dict[int, ImageEn
 def _check_categories(entries: list, problems: _Problems) -> set[int]:
     """Checks the category entries; returns the ids of the valid ones."""
     ids: set[int] = set()
+    names: dict[str, int] = {}
     for index, entry in enumerate(entries):
         cid = entry.get("id") if isinstance(entry, dict) else None
         name = entry.get("name") if isinstance(entry, dict) else None
@@ -190,9 +194,38 @@ def _check_categories(entries: list, problems: _Problems) -> set[int]:
             problems.add("bad_category_entry", f"category entry #{index} ({what}): needs an integer id and a name")
         elif cid in ids:
             problems.add("duplicate_category_id", f"category {cid} ({name!r}): id used by an earlier entry (#{index})")
+        elif name in names:  # two classes of one name: scores and class weights could not tell them apart
+            problems.add("duplicate_category_name", f"category {cid} ({name!r}): name of category {names[name]} too")
         else:
             ids.add(cid)
+            names[name] = cid
     return ids
+
+
+def _check_file_names(entries: list, problems: _Problems) -> None:
+    """duplicate_file_name: two image entries naming one file (one mask would be written over the other)."""
+    seen: dict[str, object] = {}
+    for entry in entries:
+        name = entry.get("file_name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.add(
+                "duplicate_file_name",
+                f"image {entry.get('id')}: file_name {text(name)!r} is image {seen[name]}'s too",
+                entry.get("id"),
+            )
+        else:
+            seen[name] = entry.get("id")
+
+
+def _check_keys(data: dict, problems: _Problems) -> None:
+    """unknown_key: a top-level key that looks like a COCO key but is not one (e.g. 'annotation')."""
+    known = ("images", "categories", "annotations", "info", "licenses")
+    for key in data:
+        close = did_you_mean(str(key), known)
+        if key not in known and close:
+            problems.add("unknown_key", f"top-level key {short(key)} is not a COCO key{close}")
 
 
 # ---------------------------------------------------------------- annotations
@@ -335,6 +368,8 @@ def check_coco(
         problems.add("not_coco", f"{path} is not COCO: {why}")
         return CheckReport(path, list(problems), 0, 0)
     entries = data.get("annotations", [])
+    _check_keys(data, problems)
+    _check_file_names(data["images"], problems)
     valid_images, image_ids = _check_images(data["images"], problems)
     category_ids = _check_categories(data["categories"], problems)
     named = _check_annotations(entries, valid_images, image_ids, category_ids, problems)

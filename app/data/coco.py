@@ -9,11 +9,25 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from app.errors import TrashError
 
 BACKGROUND = "Background"
 IGNORE = 255  # mask value of pixels that count for nothing (the loss's and metric's ignore_index)
+IGNORE_16 = 65535  # the same in the 16-bit masks of datasets with more than 255 classes (255 is a class there)
 IGNORE_KEY = "ignore_mask"  # optional RLE in an image entry: its pixels become IGNORE (e.g. pseudo-labels)
+
+
+def mask_dtype(n_classes: int) -> type:
+    """uint8 masks (classes 0..254, 255 ignore) up to 255 classes, background included; uint16 beyond."""
+    return np.uint8 if n_classes <= IGNORE else np.uint16
+
+
+def ignore_value(n_classes: int, configured: int = IGNORE) -> int:
+    """The mask value that counts for nothing: `configured` (loss.ignore_index, 255 by default), moved to 65535 in
+    the 16-bit masks of more than 255 classes, where 255 is a class."""
+    return IGNORE_16 if n_classes > IGNORE and configured == IGNORE else configured
 
 
 @dataclass(frozen=True)

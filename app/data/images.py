@@ -105,6 +105,8 @@ def list_images(images: str | Path, data: str | Path | None = None) -> list[tupl
         raise TrashError(f"images folder not found: {images}")
     if data:
         pairs = [(im.file_name, root / im.file_name) for im in load_coco(data).images]
+        if not pairs:
+            raise TrashError(f"{data} lists no images (its 'images' list is empty): there is nothing to predict")
         missing = [str(p) for _, p in pairs if not p.is_file()]
         if missing:
             raise TrashError(f"{data}: {len(missing)} image file(s) not found under {images}, e.g. {missing[0]}")

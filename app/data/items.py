@@ -59,6 +59,7 @@ class _Collector:
         self.sources: dict[str, str] = {}
         self.dropped: list[str] = []
         self.codes: list[str] | None = None
+        self.annotations: dict[str, int] = {}
 
     def items(self, role: str, annotations, images) -> list[Sample]:
         coco = checked_coco(annotations, images, self.d.drop_bad_annotations, self.dropped)
@@ -68,6 +69,7 @@ class _Collector:
             )
         self.codes = self.codes or coco.codes
         self.fingerprints[role], self.sources[role] = coco.fingerprint, str(annotations)
+        self.annotations[role] = sum(len(anns) for anns in coco.anns_by_image.values())
         return coco_items(coco, images, self.d.mask_cache, self.progress, self.d.overlap)
 
 
@@ -77,6 +79,11 @@ def load_items(recipe: Recipe, progress=None) -> Items:
     train_json, valid_json = fold_files(d.split, d.fold) if d.split else (d.annotations, d.valid_annotations)
     found = _Collector(d, progress)
     train = found.items("train", train_json, d.images)
+    if not found.annotations["train"]:
+        raise TrashError(
+            f"{train_json}: {len(train)} images but not one annotation: a model would learn background only "
+            "(is the json's 'annotations' list empty, or its key spelled otherwise?)"
+        )
     if valid_json:
         valid = found.items("valid", valid_json, d.valid_images or d.images)
     else:
@@ -92,7 +99,8 @@ def load_items(recipe: Recipe, progress=None) -> Items:
 
 
 def _sample(items: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    keep = sorted(random.Random(seed).sample(range(len(items)), max(1, round(len(items) * fraction))))
+    """A seeded share of the items, at least 2 (BatchNorm cannot normalise a batch of one image)."""
+    keep = sorted(random.Random(seed).sample(range(len(items)), min(len(items), max(2, round(len(items) * fraction)))))
     return [items[i] for i in keep]
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from app.atomic import copy_file, make_dir, write_image
-from app.data.coco import IGNORE, IGNORE_KEY, CocoImage, CocoSet
+from app.data.coco import IGNORE_KEY, CocoImage, CocoSet, ignore_value, mask_dtype
 from app.errors import TrashError
 from app.registry import Registry
 
-RASTERIZER_VERSION = 2  # bump when rasterize() paints differently: every cached mask is made again
+RASTERIZER_VERSION = 3  # bump when rasterize() paints differently: every cached mask is made again
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,15 @@ def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
 
 
 def rasterize(coco: CocoSet, image: CocoImage, overlap: str = "largest-first") -> np.ndarray:
-    """The (H, W) uint8 class mask of one image, overlaps resolved by `overlap` (see OVERLAP_RULES)."""
+    """The (H, W) class mask of one image, overlaps resolved by `overlap` (see OVERLAP_RULES): uint8, or uint16
+    for more than 255 classes (`mask_dtype`)."""
     rule = OVERLAP_RULES[overlap]
-    mask = np.zeros((image.height, image.width), np.uint8)
+    mask = np.zeros((image.height, image.width), mask_dtype(len(coco.codes)))
     for layer in sorted(_layers(coco, image), key=rule.order):
         mask[layer.mask] = layer.cls
     if image.ignore:  # e.g. unconfident pseudo-label pixels: neither background nor any class
         ignore = {"id": f"{IGNORE_KEY} of image {image.id}", "segmentation": image.ignore}
-        mask[annotation_mask(ignore, *mask.shape)] = IGNORE
+        mask[annotation_mask(ignore, *mask.shape)] = ignore_value(len(coco.codes))
     return mask
 
 
@@ -136,6 +137,20 @@ def mask_name(file_name: str) -> Path:
     return Path(file_name).with_suffix(".png")
 
 
+def refuse_same_mask_names(file_names: list[str], where: str) -> None:
+    """TrashError when two images would write one mask (`a.jpg` and `a.png`, or a file_name listed twice)."""
+    from collections import Counter
+
+    names = Counter(str(mask_name(n)) for n in file_names)
+    clashes = sorted(n for n, count in names.items() if count > 1)
+    if clashes:
+        who = [n for n in file_names if str(mask_name(n)) == clashes[0]]
+        raise TrashError(
+            f"{where}: {len(clashes)} mask name(s) taken by more than one image, e.g. {clashes[0]} by "
+            f"{', '.join(who)}; rename the images (or predict them into different --out folders)"
+        )
+
+
 def write_masks(
     coco: CocoSet, out: str | Path, overlap: str = "largest-first", progress=None, cache_root: str | Path = ""
 ) -> list[Path]:
@@ -144,6 +159,7 @@ def write_masks(
     Uses the same cached rasterization as training, so these are exactly the masks a model learns from.
     """
     out = Path(out)
+    refuse_same_mask_names([im.file_name for im in coco.images], f"{coco.path}")
     written = []
     for image, cached in zip(coco.images, cached_masks(coco, cache_root, progress, overlap)):
         written.append(copy_file(cached, out / mask_name(image.file_name)))

@@ -21,7 +21,7 @@ import torch
 
 from app.atomic import atomic_open, write_json
 from app.data.check import check_coco
-from app.data.coco import load_coco
+from app.data.coco import ignore_value, load_coco
 from app.data.images import image_size
 from app.data.items import coco_items
 from app.errors import TrashError
@@ -119,7 +119,7 @@ def compare_items(
     """
     labels = [f"#{i + 1} {m.name}" if len(members) > 1 else m.name for i, m in enumerate(members)]
     names = labels + (["ensemble"] if len(members) > 1 else [])
-    scores = {(name, s): Scores(len(codes)) for name in names for s in tta_sets}
+    scores = {(name, s): Scores(len(codes), ignore_value(len(codes))) for name in names for s in tta_sets}
     pairs = _pairs(items, root)
     truth = {image_id: mask for (image_id, _), (_, mask) in zip(pairs, items)}
     starts = range(0, len(pairs), options.batch_size)
@@ -171,7 +171,8 @@ def evaluate(
     if members[0].classes != list(coco.codes):
         raise TrashError(f"the model predicts {members[0].classes} but {data} has classes {list(coco.codes)}")
     items = coco_items(coco, images, mask_cache)
-    report = evaluate_items(members, items, coco.codes, options, progress=progress, root=images)
+    ignore = ignore_value(len(coco.codes))
+    report = evaluate_items(members, items, coco.codes, options, ignore, progress=progress, root=images)
     report.update(
         data=str(data), models=[str(m) for m in models], members=[{"name": m.name, "weight": m.weight} for m in members]
     )

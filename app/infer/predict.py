@@ -10,16 +10,14 @@ Writes under `out`:
 - `predictions.json`: what was predicted with what.
 """
 
-from collections import Counter
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from app.atomic import make_dir, save_npy, write_image, write_json
-from app.data.coco import load_coco
+from app.data.coco import load_coco, mask_dtype
 from app.data.images import list_images, read_rgb, screen_images
-from app.data.masks import mask_name
+from app.data.masks import mask_name, refuse_same_mask_names
 from app.errors import TrashError
 from app.infer.members import PREDICTIONS_INDEX, Member, load_members
 from app.infer.options import InferenceOptions, view_spec
@@ -64,22 +62,10 @@ def predict(
 def _images(images, data, skip_bad: bool) -> tuple[list[tuple[str, Path]], list[str]]:
     """The (image_id, path) pairs to predict, with the corrupt ones left out (and listed) when asked."""
     pairs = list_images(images, data)
-    _refuse_same_outputs(pairs)
+    refuse_same_mask_names([image_id for image_id, _ in pairs], str(data or images))
     if skip_bad:  # corrupt or truncated files are left out (and get no submission row), with a warning
         return screen_images(pairs, skip=True)
     return pairs, []
-
-
-def _refuse_same_outputs(pairs: list[tuple[str, Path]]) -> None:
-    """Images whose masks would overwrite each other (`a.jpg` and `a.png`, a file_name listed twice)."""
-    names = Counter(mask_name(image_id) for image_id, _ in pairs)
-    clashes = sorted(str(n) for n, count in names.items() if count > 1)
-    if clashes:
-        who = [image_id for image_id, _ in pairs if str(mask_name(image_id)) == clashes[0]]
-        raise TrashError(
-            f"{len(clashes)} output name(s) taken by more than one image, e.g. masks/{clashes[0]} by "
-            f"{', '.join(who)}: rename them or predict them into different --out folders"
-        )
 
 
 class _Outputs:
@@ -90,7 +76,7 @@ class _Outputs:
         self.colours, self.preview = palette(len(classes)), []
 
     def add(self, pred: Prediction) -> None:
-        mask = pred.probs.argmax(0).numpy().astype(np.uint8)
+        mask = pred.probs.argmax(0).numpy().astype(mask_dtype(len(self.classes)))
         # Per-image outputs are renamed into place (never half a file) without an fsync each: they can be made again.
         write_image(self.out / "masks" / mask_name(pred.image_id), mask, sync=False)
         if self.options.overlays:

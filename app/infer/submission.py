@@ -27,7 +27,7 @@ def submission_mask(probs: torch.Tensor) -> np.ndarray:
     Averaging probabilities before the argmax is better than nearest-resizing a mask.
     """
     small = F.interpolate(probs[None], size=(SUBMISSION_SIZE, SUBMISSION_SIZE), mode="area")[0]
-    return small.argmax(0).numpy().astype(np.uint8)
+    return small.argmax(0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
 
 
 class SubmissionWriter:
@@ -82,7 +82,8 @@ def _row_mask(path, line: int, row: list[str], n_classes: int | None) -> np.ndar
         raise TrashError(f"{path} line {line} ({row[0]}): {values.size} values, expected 256*256")
     if values.min() < 0 or (n_classes is not None and values.max() >= n_classes):
         raise TrashError(f"{path} line {line} ({row[0]}): class ids outside 0..{(n_classes or 1) - 1}")
-    return values.reshape(SUBMISSION_SIZE, SUBMISSION_SIZE).astype(np.uint8)
+    dtype = np.uint8 if (n_classes or 0) <= 256 and values.max() < 256 else np.uint16  # as submission_mask wrote it
+    return values.reshape(SUBMISSION_SIZE, SUBMISSION_SIZE).astype(dtype)
 
 
 def check_submission(path: Path, expected: list[tuple[str, str]], n_classes: int) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.learner import Learner
 
+from app.data.coco import ignore_value
 from app.data.items import Items
 from app.data.loaders import make_dls
 from app.data.stats import weights_from_masks
@@ -19,9 +21,11 @@ from app.model.build import build_model
 from app.model.encoders import freeze_stages, model_splitter
 from app.model.loss import SegmentationLoss
 from app.model.metrics import MeanIoU
+from app.progress import bars_on
 from app.recipe import Recipe
 from app.registry import Registry
 from app.train.callbacks.averaging import SWA, ModelEMA
+from app.train.callbacks.history import EpochLines
 from app.train.callbacks.levers import AdaptiveClassWeights, SegCutMix
 from app.train.callbacks.precision import CPUMixedPrecision
 from app.train.callbacks.tracking import TopKCheckpoints
@@ -42,7 +46,7 @@ def build_loss(recipe: Recipe, items: Items) -> SegmentationLoss:
     return SegmentationLoss(
         terms=lo.weights(),
         class_weights=weights,
-        ignore_index=lo.ignore_index,
+        ignore_index=ignore_value(n_classes, lo.ignore_index),
         focal_gamma=lo.focal_gamma,
         label_smoothing=lo.label_smoothing,
         tversky_alpha=lo.tversky_alpha,
@@ -60,7 +64,7 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
         model,
         loss_func=build_loss(recipe, items),
         opt_func=opt_func(recipe.train.optimizer),
-        metrics=[MeanIoU(n_classes, recipe.loss.ignore_index)],
+        metrics=[MeanIoU(n_classes, ignore_value(n_classes, recipe.loss.ignore_index))],
         splitter=model_splitter,  # [encoder, decoder]: freezing and discriminative lrs for every arch
         wd=recipe.train.wd,
         path=run_dir,
@@ -76,6 +80,9 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
         # fastai's GradientAccumulation counts samples, not micro-batches: step every `effective_batch` images.
         learn.add_cb(GradientAccumulation(n_acc=recipe.train.effective_batch))
     learn.add_cbs(training_callbacks(recipe, run_dir))
+    if not bars_on():  # stdout is no terminal (app/progress.py): one line per epoch instead of bars
+        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
+        learn.add_cb(EpochLines())
     return learn
 
 

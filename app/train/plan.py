@@ -70,6 +70,8 @@ def enough_for_a_batch(recipe: Recipe, n_train: int, debug: bool = False) -> tup
     if n_train >= recipe.data.batch_size:
         return recipe, ""
     problem = f"{n_train} training image(s) but data.batch_size={recipe.data.batch_size}"
+    if n_train < 2:  # BatchNorm (and DeepLab's image pooling) cannot train on a batch of one image
+        raise TrashError(f"{problem}: training needs at least 2 images per batch; add training images")
     if not debug:
         raise TrashError(
             f"{problem}: fastai drops the last partial batch, so no training step would be taken; "

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.torch_core import set_seed
-from fastprogress.fastprogress import progress_bar
 
 from app.atomic import savez, write_json
+from app.data.coco import ignore_value
 from app.data.items import Items, load_items
 from app.data.loaders import forget_training_items
 from app.errors import TrainingDiverged, TrainingInterrupted, TrashError
@@ -31,6 +31,7 @@ from app.infer.evaluate import evaluate_items
 from app.model.encoders import count_parameters
 from app.model.norms import norm_warning
 from app.plots import plot_confusion, plot_history
+from app.progress import bar
 from app.recipe import Recipe, recipe_from_dict, resolve_paths
 from app.runs import FOLDS, HISTORY, METRICS, RESOLVED, copy_recipe, create_run_dir, package_versions, point_latest
 from app.train import checkpoint as ckpt
@@ -160,7 +161,7 @@ def _check_and_load(recipe: Recipe) -> tuple[list[str], Items]:
     notes = [n for n in [norm_warning(recipe.data.batch_size, recipe.train.effective_batch, recipe.model.norm)] if n]
     for note in notes:
         warnings.warn(note, stacklevel=3)
-    return notes, load_items(recipe, progress=progress_bar)
+    return notes, load_items(recipe, progress=bar)
 
 
 def resume_run(run_dir: str | Path) -> Path:
@@ -279,7 +280,11 @@ def write_metrics(learn, recipe: Recipe, items: Items, run: Path, seconds: float
         oof[pred.image_id] = F.interpolate(pred.probs[None], size=shape, mode="area")[0].half().numpy()
 
     report = evaluate_items(
-        [learn], items.valid, items.codes, ignore_index=recipe.loss.ignore_index, on_prediction=keep
+        [learn],
+        items.valid,
+        items.codes,
+        ignore_index=ignore_value(len(items.codes), recipe.loss.ignore_index),
+        on_prediction=keep,
     )
     savez(run / "oof.npz", image=np.array(list(oof)), probs=np.stack(list(oof.values())))
     report.update(_run_facts(learn, recipe, items, run, seconds))

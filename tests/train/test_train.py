@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from fastai.callback.core import Callback
 from typer.testing import CliRunner
@@ -159,3 +160,25 @@ def test_freeze_epochs_train_the_decoder_only_then_everything(demo, tmp_path):
     assert not any(moved[: len(convs)])  # encoder convolutions frozen (fastai keeps BatchNorm trainable)
     assert all(moved[len(convs) :])  # the decoder trained
     assert all(p.requires_grad for p in learn.model.parameters())  # and everything is unfrozen afterwards
+
+
+@pytest.mark.parametrize("arch", ["unet", "smp_unet", "deeplabv3plus", "fpn", "unetplusplus", "upernet", "segformer"])
+def test_the_dry_run_works_for_every_arch(demo, tmp_path, arch):
+    """--debug trains on a share of the images: with data.fraction 0.04 that is 1 of the 24 (as 10% of fruits_nuts'
+    14): the dry run still takes 2, and every arch of `trash models` trains a batch that small, DeepLab's
+    image-pooling BatchNorm included (a batch of 1 raised `Expected more than 1 value per channel`)."""
+    from app.model.build import ARCHS
+
+    assert arch in ARCHS
+    recipe = write_recipe(tmp_path / "d.py", demo, model=dict(arch=arch, encoder=ENCODER))
+    args = ["fit", str(recipe), "--debug", "--set", "data.fraction=0.04", "--out", str(tmp_path / "runs")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "runs" / "d" / "latest").exists()  # a dry run never becomes `latest`
+
+
+def test_every_arch_is_in_the_dry_run_test():
+    from app.model.build import ARCHS
+
+    marks = test_the_dry_run_works_for_every_arch.pytestmark
+    assert set(ARCHS) == set(next(m for m in marks if m.name == "parametrize").args[1])

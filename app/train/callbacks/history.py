@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
 from fastai.learner import Recorder
 
 from app.atomic import append_csv_row
@@ -41,3 +42,21 @@ def _plain(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+class EpochLines(Callback):
+    """One plain line per epoch (`epoch 3  train_loss 0.5213  valid_loss 0.3105  miou 0.4812  time 00:14`) in place
+    of fastai's progress bars, for logs and pipes where every redraw of a bar would be a line of noise."""
+
+    order = ProgressCallback.order
+
+    def before_fit(self):
+        self.old_logger, self.learn.logger = self.learn.logger, self._line
+
+    def after_fit(self):
+        self.learn.logger = self.old_logger
+
+    def _line(self, log):
+        names = self.recorder.metric_names
+        cells = [f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}" for n, v in zip(names, log)]
+        print("  ".join(cells), flush=True)
