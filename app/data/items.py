@@ -79,7 +79,7 @@ def load_items(recipe: Recipe, progress=None) -> Items:
     train_json, valid_json = fold_files(d.split, d.fold) if d.split else (d.annotations, d.valid_annotations)
     found = _Collector(d, progress)
     train = found.items("train", train_json, d.images)
-    if not found.annotations["train"]:
+    if train and not found.annotations["train"]:  # no images at all is the empty-set error below
         raise TrashError(
             f"{train_json}: {len(train)} images but not one annotation: a model would learn background only "
             "(is the json's 'annotations' list empty, or its key spelled otherwise?)"

@@ -233,6 +233,7 @@ def _train_phases(recipe: Recipe, items: Items, learn, started: float, state: di
             if done >= phase.end:
                 continue
             run_phase(learn, recipe, items, phase, done - phase.start, state, flag=flag, started=started)
+            learn.trash_images_seen = getattr(learn, "trash_images_seen", 0) + learn.train_iter * recipe.data.batch_size
             state, done = None, phase.end
             ckpt.save_checkpoint(learn, done, phase, time.time() - started)
             if flag.signum:
@@ -305,6 +306,7 @@ def _run_facts(learn, recipe: Recipe, items: Items, run: Path, seconds: float) -
         epochs=len(rows),
         train_seconds=round(seconds, 1),
         cpu_seconds=round(process_cpu_seconds(), 1),  # of this process so far (a resumed run: since it resumed)
+        images_seen=getattr(learn, "trash_images_seen", None),  # training images this process trained on
         parameters=count_parameters(learn.model),
         recipe=recipe.name,
         fold=recipe.data.fold,
