@@ -6,6 +6,8 @@ a new registry that this file does not know fails `test_every_registry_is_covere
 
 import importlib
 import pkgutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +156,18 @@ def build_view_set(name, entry):
     assert probs.shape == (1, 4, 64, 64) and torch.allclose(probs.sum(1), torch.ones(1, 64, 64), atol=1e-5)
 
 
+def build_onnx_precision(name, entry):
+    from app.infer.onnx_export import Deployed, check_tolerance, verify, write_graph
+    from app.model.build import build_model
+    from app.recipe import Model
+
+    model = build_model(Model(encoder=TINY, pretrained=False, last_cross=False), 3, 64)[0]
+    deployed = Deployed(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), half=entry.half)
+    path = Path(tempfile.mkdtemp()) / "m.onnx"
+    write_graph(deployed, (64, 64), False, path)
+    check_tolerance(verify(deployed, path, torch.rand(2, 3, 64, 64) * 255, 0), entry, path)
+
+
 BUILDERS = {
     "app.model.build.ARCHS": build_arch,
     "app.model.norms.NORMS": build_norm,
@@ -167,6 +181,7 @@ BUILDERS = {
     "app.data.loaders.SAMPLERS": build_sampler,
     "app.data.masks.OVERLAP_RULES": build_overlap_rule,
     "app.infer.tta.VIEW_SETS": build_view_set,
+    "app.infer.onnx_export.ONNX_PRECISIONS": build_onnx_precision,
 }
 
 

@@ -8,7 +8,9 @@ A model argument on the command line becomes one or more members:
 * with `topk=True`, a run trained with `train.top_k=K`: one member per kept epoch (`models/topk.json`), all in
   the exported architecture, so an epoch ensemble costs no extra exports;
 * a predictions folder written by `trash predict --save-probs` (`probs/*.npy` + `predictions.json`): saved fp16
-  probabilities, so an ensemble can reuse predictions made earlier, elsewhere or with other TTA.
+  probabilities, so an ensemble can reuse predictions made earlier, elsewhere or with other TTA;
+* a `model.onnx` written by `trash export`: run by ONNX Runtime (app/infer/onnx_runtime.py), with the same TTA
+  views, tiles and post-processing, and mixed freely with the others.
 
 Members are combined in probability space. Each has a weight and optional per-class weights ("models weighted
 toward the classes they predict best"): class c's probability is the weighted average over members with weights
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from app.errors import TrashError
 from app.export import find_export, load_export
+from app.infer.onnx_runtime import OnnxModel, is_onnx
 from app.runs import EXPORT
 
 PREDICTIONS_INDEX = "predictions.json"  # written next to probs/ by `trash predict --save-probs`
@@ -42,6 +45,7 @@ class Member:
         states: Optional state_dicts averaged in probability space with this learner's architecture (top-k).
         probs_dir: For saved probabilities: the `probs/` folder.
         classes: Class names the member predicts.
+        onnx: For a `trash export` ONNX file: its OnnxModel (then `learn` is None).
     """
 
     name: str
@@ -51,10 +55,14 @@ class Member:
     states: list[dict] = field(default_factory=list)
     probs_dir: Path | None = None
     classes: list[str] = field(default_factory=list)
+    onnx: OnnxModel | None = None
 
     @property
     def train_size(self) -> tuple[int, int] | None:
-        """(H, W) the member's images are resized to (its last training stage), None for saved probabilities."""
+        """(H, W) the member's images are resized to (its last training stage, or an ONNX file's size), None for
+        saved probabilities."""
+        if self.onnx is not None:
+            return self.onnx.size
         if self.learn is None:
             return None
         for tfm in self.learn.dls.valid.after_item.fs:
@@ -137,6 +145,11 @@ def _members_of(path: Path, weight: float, cw: np.ndarray | None, topk: bool) ->
     if is_predictions_dir(path):
         classes = json.loads((path / PREDICTIONS_INDEX).read_text())["classes"]
         return [Member(str(path), None, weight, cw, probs_dir=path / "probs", classes=classes)]
+    if is_onnx(path):
+        if topk:
+            raise TrashError(f"{path}: --topk needs run directories (their models/topk.json), not an ONNX file")
+        model = OnnxModel(path)
+        return [Member(str(path), None, weight, cw, classes=model.classes, onnx=model)]
     exports = fold_exports(path) or [path]
     found = []
     for export, learn in zip(exports, load_learners(exports)):

@@ -45,7 +45,7 @@ def predict(
     members = load_members(models, options.weights, options.class_weights, options.topk)
     classes = members[0].classes
     if data and classes != list(codes := load_coco(data).codes):
-        raise TrashError(f"the model predicts {classes} but {data} has classes {list(codes)}")
+        raise TrashError(f"the model {members[0].name} predicts {classes} but {data} has classes {list(codes)}")
     pairs, skipped = _images(images, data, options.skip_bad_images)
     writer = _Outputs(Path(out), classes, options)
     stream = stream_predictions(members, pairs, options)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from app.data.images import image_size, read_rgb
 from app.errors import TrashError
 from app.infer.members import Member, saved_probs
+from app.infer.onnx_runtime import onnx_member_probs
 from app.infer.options import InferenceOptions, view_spec
 from app.infer.postprocess import dense_crf, remove_small_components
 from app.infer.tiles import sliding_window_probs
@@ -82,6 +83,8 @@ def _postprocess(path: Path, probs: torch.Tensor, options: InferenceOptions) -> 
 
 def member_probs(member: Member, chunk, sizes, options: InferenceOptions) -> list:
     """One member's (C, H, W) float32 probabilities for each image of `chunk`, at each image's own size."""
+    if member.onnx is not None:
+        return onnx_member_probs(member.onnx, chunk, sizes, options)
     if member.learn is None:
         return [saved_probs(member, image_id, size) for (image_id, _), size in zip(chunk, sizes)]
     learn = member.learn
