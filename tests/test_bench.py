@@ -76,3 +76,14 @@ def test_the_plain_baseline_trains_and_is_scored_by_trash_evaluate(tmp_path):
     im = coco["images"][0]
     probs = np.load(folder / "probs" / Path(im["file_name"]).with_suffix(".npy")).astype(np.float32)
     assert probs.shape == (4, im["height"], im["width"]) and np.allclose(probs.sum(0), 1, atol=1e-2)
+
+
+def test_onnx_speed_rows_on_a_tiny_model():
+    """bench/onnx_speed.py's row, on timm's tiny test encoder at 64 px (the real sizes run in `make bench`)."""
+    from bench import onnx_speed
+
+    (r,) = onnx_speed.run(encoders=("test_resnet",), sizes=(64,), batch=1, repeat=1)
+    figures = r["figures"]
+    assert r["name"].startswith("onnx test_resnet 64px") and r["value"] > 0
+    assert all(figures[f"{side}_img_per_cpu_s"] > 0 for side in ("ort_fp32", "torch_fp32", "torch_bf16_cl"))
+    assert abs(r["value"] - figures["ort_fp32_img_per_cpu_s"] / figures["torch_fp32_img_per_cpu_s"]) < 0.05 * r["value"]
