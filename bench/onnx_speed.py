@@ -52,7 +52,11 @@ def steps(encoder: str, size: int, batch: int, folder: Path) -> dict:
         with torch.inference_mode(), autocast("bf16"):
             fast(x_cl)
 
-    return {"ort_fp32": lambda: session.run(None, {"image": x_np}), "torch_fp32": torch_fp32, "torch_bf16_cl": torch_bf16}
+    return {
+        "ort_fp32": lambda: session.run(None, {"image": x_np}),
+        "torch_fp32": torch_fp32,
+        "torch_bf16_cl": torch_bf16,
+    }
 
 
 def run(encoders=ENCODERS, sizes=SIZES, batch: int = BATCH, repeat: int = 3) -> list[dict]:

@@ -169,7 +169,9 @@ def evaluate(
     members = load_members(models, options.weights, options.class_weights, options.topk)
     coco = _ground_truth(data, images)
     if members[0].classes != list(coco.codes):
-        raise TrashError(f"the model {members[0].name} predicts {members[0].classes} but {data} has classes {list(coco.codes)}")
+        raise TrashError(
+            f"the model {members[0].name} predicts {members[0].classes} but {data} has classes {list(coco.codes)}"
+        )
     items = coco_items(coco, images, mask_cache)
     ignore = ignore_value(len(coco.codes))
     report = evaluate_items(members, items, coco.codes, options, ignore, progress=progress, root=images)

@@ -73,7 +73,9 @@ class OnnxModel:
         self.session = session(self.path, cpu)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("trash_format") != ONNX_FORMAT:
-            raise TrashError(f"{path} is an ONNX model but not one written by `trash export` (no {ONNX_FORMAT} metadata)")
+            raise TrashError(
+                f"{path} is an ONNX model but not one written by `trash export` (no {ONNX_FORMAT} metadata)"
+            )
         self.meta = meta
         self.classes = json.loads(meta["classes"])
         self.colours = json.loads(meta["colours"])
@@ -100,7 +102,9 @@ class OnnxModel:
             )
         bad = [side for side in hw if side % self.trash_size_multiple]
         if bad:
-            raise TrashError(f"{self.path}: input sides must be multiples of {self.trash_size_multiple}, got {fmt_size(hw)}")
+            raise TrashError(
+                f"{self.path}: input sides must be multiples of {self.trash_size_multiple}, got {fmt_size(hw)}"
+            )
 
     def check_views(self, views: tuple[View, ...], size: tuple[int, int]) -> None:
         for view in views:
