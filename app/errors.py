@@ -1,7 +1,8 @@
 """Every exception the CLI turns into `error: ...` lines and an exit code (no traceback), and the codes.
 
 Exit codes (README and docs/errors.md list them): 1 `data check` found errors, 2 bad input, 3 training
-diverged (NaN/inf loss), 4 an output could not be written (disk full, no permission...), 128 + signal number
+diverged (NaN/inf loss), 4 an output could not be written (disk full, no permission...), 5 an exported ONNX file
+does not predict what PyTorch predicts (`trash export`; nothing written), 128 + signal number
 when training was interrupted by SIGINT (130) or SIGTERM (143) after saving its checkpoint. Any other exception
 reaching the CLI is a bug and keeps its traceback.
 """
@@ -14,6 +15,7 @@ DATA_ERRORS = 1
 BAD_INPUT = 2
 DIVERGED = 3
 WRITE_FAILED = 4
+EXPORT_MISMATCH = 5
 
 
 class TrashError(Exception):
@@ -52,6 +54,13 @@ class TrainingDiverged(TrashError):
 
     def __init__(self, message: str):
         super().__init__(message, DIVERGED)
+
+
+class ExportMismatch(TrashError):
+    """An exported graph's predictions differ from PyTorch's beyond the tolerance (exit code 5); nothing written."""
+
+    def __init__(self, message: str):
+        super().__init__(message, EXPORT_MISMATCH)
 
 
 class TrainingInterrupted(TrashError):

@@ -8,9 +8,10 @@ stride, the recipe's name and the verification figures are in its `metadata_prop
 Every export is verified before it is renamed into place: ONNX Runtime (CPU) and PyTorch predict the same
 images (the run's validation images, or given ones) and the largest |difference of probability| and the share
 of identical argmax pixels must be within the precision's tolerance (`ONNX_PRECISIONS`); otherwise
-`ExportMismatch` (exit code 5) and no file is written. torch.onnx's TorchScript exporter (`dynamo=False`) is
-used: the dynamo exporter failed on fastai's DynamicUnet hooks in this stack, the TorchScript one exports every
-arch of `trash models` (UPerNet's adaptive pooling at a fixed size only: `refusal` says so up front).
+`ExportMismatch` (app/errors.py, exit code 5) and no file is written.
+
+torch.onnx's TorchScript exporter (`dynamo=False`, opset 17) exports every arch of `trash models` here
+(tests/infer/test_onnx.py; the dynamo exporter was not tried); UPerNet only at a fixed size (`refusal`).
 """
 
 import io
@@ -25,7 +26,7 @@ from torch import nn
 
 from app.atomic import atomic_path
 from app.data.images import list_images
-from app.errors import BAD_INPUT, TrashError
+from app.errors import BAD_INPUT, ExportMismatch, TrashError
 from app.export import find_export, load_export
 from app.infer.members import Member
 from app.infer.onnx_runtime import INPUT, ONNX_FORMAT, OUTPUT, fmt_size, resized_pixels, session
@@ -34,7 +35,6 @@ from app.registry import Registry
 from app.runs import RESOLVED
 
 OPSET = 17
-VERIFY_FAILED = 5  # exit code: the written graph does not predict what PyTorch predicts (docs/errors.md)
 NO_DYNAMIC_SIZE = {"upernet": "its pyramid pooling (adaptive_avg_pool2d) has no ONNX form for a free input size"}
 
 
@@ -56,13 +56,6 @@ ONNX_PRECISIONS: Registry[Precision] = Registry(
         "fp16": Precision("float16 weights and arithmetic, float32 input and output", True, 5e-2, 0.99),
     },
 )
-
-
-class ExportMismatch(TrashError):
-    """The ONNX graph's predictions differ from PyTorch's beyond the tolerance: nothing was written."""
-
-    def __init__(self, message: str):
-        super().__init__(message, VERIFY_FAILED)
 
 
 class Deployed(nn.Module):

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from app.cli import app
-from app.errors import TrashError
-from app.infer.onnx_export import VERIFY_FAILED, Deployed, checked_size, refusal, verify, write_graph
+from app.errors import EXPORT_MISMATCH, TrashError
+from app.infer.onnx_export import Deployed, checked_size, refusal, verify, write_graph
 from app.model.build import ARCHS, build_model
 from app.recipe import Model
 
@@ -153,6 +153,13 @@ def test_bad_inputs_name_the_file(onnx_files, trained_run, demo, tmp_path):
     assert result.exit_code == 2 and "onnx" in result.output
 
 
+def test_an_onnx_file_from_elsewhere_is_refused(demo, tmp_path):
+    model = build_model(Model(encoder="test_resnet", pretrained=False, last_cross=False), 3, 64)[0]
+    write_graph(Deployed(model, (0.5,) * 3, (0.25,) * 3), (64, 64), False, tmp_path / "plain.onnx")
+    result = invoke("predict", tmp_path / "plain.onnx", "--images", demo["images"], "--out", tmp_path / "p")
+    assert result.exit_code == 2 and "plain.onnx" in result.output and "trash export" in result.output
+
+
 def test_a_mismatch_fails_loudly_and_writes_nothing(trained_run, tmp_path, monkeypatch):
     import app.infer.onnx_export as onnx_export
 
@@ -160,7 +167,7 @@ def test_a_mismatch_fails_loudly_and_writes_nothing(trained_run, tmp_path, monke
     monkeypatch.setattr(onnx_export, "ONNX_PRECISIONS", {"fp32": impossible})
     out = tmp_path / "model.onnx"
     result = invoke("export", trained_run, "--out", out)
-    assert result.exit_code == VERIFY_FAILED and "disagree" in result.output and not out.exists()
+    assert result.exit_code == EXPORT_MISMATCH and "disagree" in result.output and not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left either
 
 
