@@ -157,15 +157,19 @@ def build_view_set(name, entry):
 
 
 def build_onnx_precision(name, entry):
+    import copy
+
     from app.infer.onnx_export import Deployed, check_tolerance, verify, write_graph
     from app.model.build import build_model
     from app.recipe import Model
 
     model = build_model(Model(encoder=TINY, pretrained=False, last_cross=False), 3, 64)[0]
-    deployed = Deployed(model, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), half=entry.half)
+    norm = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    reference = Deployed(model, *norm)
+    graph = Deployed(copy.deepcopy(model), *norm, half=True) if entry.half else reference
     path = Path(tempfile.mkdtemp()) / "m.onnx"
-    write_graph(deployed, (64, 64), False, path)
-    check_tolerance(verify(deployed, path, torch.rand(2, 3, 64, 64) * 255, 0), entry, path)
+    write_graph(graph, (64, 64), False, path)
+    check_tolerance(verify(reference, path, torch.rand(2, 3, 64, 64) * 255, 0), entry, path)
 
 
 BUILDERS = {

@@ -14,6 +14,7 @@ torch.onnx's TorchScript exporter (`dynamo=False`, opset 17) exports every arch 
 (tests/infer/test_onnx.py; the dynamo exporter was not tried); UPerNet only at a fixed size (`refusal`).
 """
 
+import copy
 import io
 import json
 import warnings
@@ -97,13 +98,16 @@ def export_onnx(
     info = run_info(Path(model), learn)
     shape = checked_size(size or info["train_size"], info, dynamic)
     pixels = verification_pixels(Path(model), images, shape, n_images)
-    deployed = Deployed(learn.model, *learn.trash_norm, half=tol.half)
+    reference = Deployed(learn.model, *learn.trash_norm)  # fp32 PyTorch: what every precision is held to
+    graph = Deployed(copy.deepcopy(learn.model), *learn.trash_norm, half=True) if tol.half else reference
     with atomic_path(out) as tmp:
-        write_graph(deployed, shape, dynamic, tmp)
-        report = verify(deployed, tmp, pixels, info["stride"] if dynamic else 0)
+        write_graph(graph, shape, dynamic, tmp)
+        report = verify(reference, tmp, pixels, info["stride"] if dynamic else 0)
         report.update(precision=precision, tolerance={"max_prob_diff": tol.max_prob_diff, "same": tol.min_same_pixels})
         check_tolerance(report, tol, out)
-        write_metadata(tmp, {**info, "size": fmt_size(shape), "dynamic": dynamic, "precision": precision}, report)
+        stride = info["stride"] if dynamic else info["multiple"]  # a fixed graph takes its size, whatever it is
+        meta = {**info, "size": fmt_size(shape), "stride": stride, "dynamic": dynamic, "precision": precision}
+        write_metadata(tmp, meta, report)
     return {**report, "out": str(out), "size": list(shape), "dynamic": dynamic, "classes": info["classes"]}
 
 
@@ -201,7 +205,8 @@ def write_graph(deployed: Deployed, size: tuple[int, int], dynamic: bool, path: 
 
 
 def verify(deployed: Deployed, path: Path, pixels: torch.Tensor, stride: int) -> dict:
-    """PyTorch against ONNX Runtime (CPU) on `pixels`, and, when `stride`, also at a size one stride larger."""
+    """PyTorch (`deployed`, fp32) against the graph at `path` in ONNX Runtime (CPU) on `pixels`, and, when
+    `stride`, also at a size one stride larger."""
     ort_session = session(path, cpu=True)  # before the metadata is written: a bare session
     batches = [pixels]
     if stride:

@@ -147,8 +147,8 @@ def test_bad_inputs_name_the_file(onnx_files, trained_run, demo, tmp_path):
     other.write_text(json.dumps(data))
     result = invoke("predict", onnx_files[0], "--images", demo["images"], "--data", other, "--out", tmp_path / "q")
     assert result.exit_code == 2 and str(onnx_files[0]) in result.output and "other.json" in result.output
-    result = invoke("export", trained_run, "--size", "65x64", "--out", tmp_path / "x.onnx")
-    assert result.exit_code == 2 and "multiples" in result.output and not (tmp_path / "x.onnx").exists()
+    result = invoke("export", trained_run, "--size", "64by64", "--out", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and "'64by64' is not HxW" in result.output and not (tmp_path / "x.onnx").exists()
     result = invoke("export", trained_run, "--format", "tflite", "--out", tmp_path / "x.onnx")
     assert result.exit_code == 2 and "onnx" in result.output
 
@@ -169,6 +169,14 @@ def test_a_mismatch_fails_loudly_and_writes_nothing(trained_run, tmp_path, monke
     result = invoke("export", trained_run, "--out", out)
     assert result.exit_code == EXPORT_MISMATCH and "disagree" in result.output and not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left either
+
+
+def test_a_size_off_the_stride_is_refused_naming_it():
+    fpn = {"arch": "fpn", "stride": 32, "multiple": 32}
+    with pytest.raises(TrashError, match="--size 65x64: sides must be positive multiples of the model's stride 32"):
+        checked_size((65, 64), fpn, False)
+    assert checked_size((96, 64), fpn, False) == (96, 64)
+    assert checked_size((65, 64), {"arch": "unet", "stride": 32, "multiple": 1}, False) == (65, 64)  # any side
 
 
 def test_upernet_refuses_a_free_size_up_front():
