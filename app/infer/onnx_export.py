@@ -11,12 +11,14 @@ of identical argmax pixels must be within the precision's tolerance (`ONNX_PRECI
 `ExportMismatch` (app/errors.py, exit code 5) and no file is written.
 
 torch.onnx's TorchScript exporter (`dynamo=False`, opset 17) exports every arch of `trash models` here
-(tests/infer/test_onnx.py; the dynamo exporter was not tried); UPerNet only at a fixed size (`refusal`).
+(tests/infer/test_onnx.py; the dynamo exporter was not tried); UPerNet only at a fixed size whose sides are
+multiples of 192 (`refusal`, `EXPORT_MULTIPLE`), refused up front otherwise.
 """
 
 import copy
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,9 @@ from app.runs import RESOLVED
 
 OPSET = 17
 NO_DYNAMIC_SIZE = {"upernet": "its pyramid pooling (adaptive_avg_pool2d) has no ONNX form for a free input size"}
+#: arch -> (multiple, why): sides a fixed-size graph needs beyond the model's own multiple. UPerNet pools its
+#: stride-32 map into 1, 2, 3 and 6 bins; ONNX has that only where each divides the map: 32 x 6 = 192 px
+EXPORT_MULTIPLE = {"upernet": (192, "its pyramid pooling bins (1, 2, 3, 6) must divide the stride-32 feature map")}
 
 
 @dataclass(frozen=True)
@@ -148,10 +153,13 @@ def checked_size(size: tuple[int, int], info: dict, dynamic: bool) -> tuple[int,
     if problem:
         raise TrashError(f"cannot export with --dynamic: {problem}; export with --size HxW instead")
     stride = info["stride"] if dynamic else info["multiple"]
+    extra, why = EXPORT_MULTIPLE.get(info["arch"], (1, ""))
+    stride = math.lcm(stride, extra)
     if any(side % stride or side <= 0 for side in size):
+        reason = f": {why}" if extra > 1 else ""
         raise TrashError(
             f"--size {fmt_size(size)}: sides must be positive multiples of the model's stride {stride} "
-            f"(arch {info['arch'] or '?'}), e.g. {fmt_size([max(stride, s // stride * stride) for s in size])}"
+            f"(arch {info['arch'] or '?'}{reason}), e.g. {fmt_size([max(stride, s // stride * stride) for s in size])}"
         )
     return tuple(int(s) for s in size)
 

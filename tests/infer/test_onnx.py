@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from app.errors import EXPORT_MISMATCH, TrashError
-from app.infer.onnx_export import Deployed, checked_size, refusal, verify, write_graph
+from app.infer.onnx_export import EXPORT_MULTIPLE, Deployed, checked_size, refusal, verify, write_graph
 from app.model.build import ARCHS, build_model
 from app.recipe import Model
 
@@ -182,8 +182,12 @@ def test_a_size_off_the_stride_is_refused_naming_it():
 def test_upernet_refuses_a_free_size_up_front():
     assert "adaptive_avg_pool2d" in refusal({"arch": "upernet"}, True)
     assert refusal({"arch": "upernet"}, False) is None and refusal({"arch": "unet"}, True) is None
+    upernet = {"arch": "upernet", "stride": 32, "multiple": 32}
     with pytest.raises(TrashError, match="--size HxW"):
-        checked_size((64, 64), {"arch": "upernet", "stride": 32, "multiple": 32}, True)
+        checked_size((64, 64), upernet, True)
+    with pytest.raises(TrashError, match="multiples of the model's stride 192 .*pyramid pooling"):
+        checked_size((256, 256), upernet, False)
+    assert checked_size((384, 192), upernet, False) == (384, 192)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -192,6 +196,7 @@ def test_every_arch_exports_and_matches(arch, tmp_path):
     model = build_model(Model(arch=arch, encoder="test_resnet", pretrained=False, last_cross=False), 3, 64)[0]
     deployed = Deployed(model, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     dynamic = refusal({"arch": arch}, True) is None
-    write_graph(deployed, (64, 64), dynamic, tmp_path / "m.onnx")
-    report = verify(deployed, tmp_path / "m.onnx", torch.rand(2, 3, 64, 64) * 255, 32 if dynamic else 0)
+    side = EXPORT_MULTIPLE.get(arch, (64,))[0]  # upernet: 192, its smallest exportable side
+    write_graph(deployed, (side, side), dynamic, tmp_path / "m.onnx")
+    report = verify(deployed, tmp_path / "m.onnx", torch.rand(2, 3, side, side) * 255, 32 if dynamic else 0)
     assert report["max_prob_diff"] <= 1e-3 and report["same_pixels"] >= 0.999
