@@ -111,9 +111,10 @@ def test_predict_onnx_tta_gives_the_run_s_submission(onnx_files, trained_run, de
 
 
 def test_tiles_ms_views_and_mixed_ensembles(onnx_files, trained_run, demo, tmp_path):
-    run = predict(tmp_path, "run", trained_run, "--tile", "--tta-views", "flip+ms", demo=demo)
-    ort_out = predict(tmp_path, "onnx", onnx_files[1], "--tile", "--tta-views", "flip+ms", demo=demo)
-    assert same_pixels(masks(run), masks(ort_out)) >= 0.999
+    for options in (("--tile",), ("--tta-views", "ms")):  # tiles at the image's own size; scales: --dynamic
+        run = predict(tmp_path, f"run{len(options)}", trained_run, *options, demo=demo)
+        ort_out = predict(tmp_path, f"onnx{len(options)}", onnx_files[1], *options, demo=demo)
+        assert same_pixels(masks(run), masks(ort_out)) >= 0.999
     mixed = predict(tmp_path, "mixed", trained_run, onnx_files[0], demo=demo)  # one model twice: its own masks
     plain = predict(tmp_path, "plain", trained_run, demo=demo)
     assert same_pixels(masks(mixed), masks(plain)) >= 0.999
