@@ -4,7 +4,7 @@
 - options: the options several commands share, declared once (the inference options become InferenceOptions);
 - data: demo-data, data check / masks / stats / split / show;
 - train: fit, lr-find, recipes, runs, models;
-- infer: predict, evaluate, ensemble, pseudo.
+- infer: predict, evaluate, ensemble, pseudo, export (ONNX).
 
 Importing this package imports no torch or fastai: `trash --help` stays instant; command bodies import the
 library they call.

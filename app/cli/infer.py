@@ -1,4 +1,4 @@
-"""Inference commands: predict, evaluate, ensemble, pseudo. Each body parses, calls the library, prints."""
+"""Inference commands: predict, evaluate, ensemble, pseudo, export (ONNX). Each body parses, calls the library."""
 
 from pathlib import Path
 from typing import Annotated
