@@ -232,12 +232,12 @@ class Gallery:
         return [(f, p, r) for _, _, f, p, r in sorted(self.heap, key=lambda e: (-e[0], e[1]))]
 
 
-def thresholds(run: _Pass) -> np.ndarray:
+def thresholds(run: _Pass) -> Thresholds:
     """Confident Learning's per-class thresholds over every out-of-fold image (the first pass)."""
     acc = Thresholds(len(run.coco.codes))
     for fold, image, probs in run.images("pass 1/2: class thresholds"):
-        acc.add(probs, labelled(run.coco, image, fold.overlap).mask)
-    return acc.values()
+        acc.add(probs, labelled(run.coco, image, fold.overlap))
+    return acc
 
 
 def _rle(region: np.ndarray) -> dict:
@@ -248,11 +248,11 @@ def _rle(region: np.ndarray) -> dict:
 
 
 def image_findings(
-    probs: np.ndarray, lab: Labelled, t: np.ndarray, s: AuditSettings, where: dict, codes: list[str]
+    probs: np.ndarray, lab: Labelled, t: Thresholds, s: AuditSettings, where: dict, codes: list[str]
 ) -> list[tuple[Finding, np.ndarray]]:
     """Every finding of one image with its region; `where` gives the image_id, file_name and fold."""
-    confident = confident_classes(probs, t)
-    missing, grown = missing_regions(probs, confident, lab, s)
+    confident = confident_classes(probs, t.values())
+    missing, grown = missing_regions(probs, confident, lab, t.typical_areas(), s)
     found = []
     for i, kind, score, k, region in annotation_findings(probs, confident, lab, grown, s):
         ann_id, given = lab.annotations[i]
@@ -268,14 +268,14 @@ def _extent(region: np.ndarray) -> dict:
     return dict(pixels=int(region.sum()), bbox=bbox(region))
 
 
-def find_issues(run: _Pass, t: np.ndarray, s: AuditSettings, gallery: Gallery) -> tuple[list[Finding], list[dict]]:
+def find_issues(run: _Pass, t: Thresholds, s: AuditSettings, gallery: Gallery) -> tuple[list[Finding], list[dict]]:
     """The second pass: every finding (best first) and each image's label-quality score (worst first)."""
     findings, images = [], []
     for fold, image, probs in run.images("pass 2/2: label issues"):
         lab = labelled(run.coco, image, fold.overlap)
         where = dict(image_id=image.id, file_name=image.file_name, fold=fold.k)
         found = image_findings(probs, lab, t, s, where, run.coco.codes)
-        prediction = probs.argmax(0).astype(np.uint16 if len(t) > 255 else np.uint8)
+        prediction = probs.argmax(0).astype(np.uint16 if len(run.coco.codes) > 255 else np.uint8)
         for finding, region in found:
             gallery.offer(finding, prediction, region)
         findings += [f for f, _ in found]
@@ -314,16 +314,17 @@ def audit(
     run = _Pass(folds, coco, by_name, progress, sum(len(oof_image_ids(f.oof)) for f in folds))
     t = thresholds(run)
     gallery = Gallery(gallery_size)
-    findings, images = find_issues(run, t, settings, gallery)
+    findings, image_rows = find_issues(run, t, settings, gallery)
     report = {
         "group": str(group),
         "data": str(source),
         "images_audited": run.total,
         "images_not_audited": len(coco.images) - run.total,  # in the json, scored by no fold: left as they are
-        "thresholds": {name: round(float(v), 4) for name, v in zip(coco.codes, t)},
+        "thresholds": {name: round(float(v), 4) for name, v in zip(coco.codes, t.values())},
+        "typical_areas": {name: round(float(v), 1) for name, v in zip(coco.codes, t.typical_areas())},
         "counts": {kind: sum(f.kind == kind for f in findings) for kind in KINDS},
         "settings": dataclasses.asdict(settings),
-        "images": images,
+        "images": image_rows,
         "findings": findings,
     }
     return report, gallery_rows(run, gallery, images)

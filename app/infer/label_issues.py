@@ -103,22 +103,31 @@ def image_score(probs: np.ndarray, mask: np.ndarray, ignore: int) -> float:
 
 
 class Thresholds:
-    """Accumulates the per-class thresholds t_c = mean OOF probability of class c over pixels labelled c."""
+    """Accumulates the per-class thresholds t_c = mean OOF probability of class c over pixels labelled c, and
+    each class's typical annotation size (mean visible pixels per annotation)."""
 
     def __init__(self, n_classes: int):
         self.sums = np.zeros(n_classes, np.float64)
         self.counts = np.zeros(n_classes, np.int64)
+        self.instances = np.zeros(n_classes, np.int64)
 
-    def add(self, probs: np.ndarray, mask: np.ndarray) -> None:
+    def add(self, probs: np.ndarray, labelled: "Labelled") -> None:
+        mask = labelled.mask
         for c in np.unique(mask):
             if c < len(self.sums):
                 on = mask == c
                 self.sums[c] += probs[c][on].sum(dtype=np.float64)
                 self.counts[c] += int(on.sum())
+        for _, c in labelled.annotations:
+            self.instances[c] += 1
 
     def values(self) -> np.ndarray:
         """Thresholds per class; a class never labelled gets 1.0 (never confident: nothing to compare with)."""
         return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), 1.0)
+
+    def typical_areas(self) -> np.ndarray:
+        """Mean visible pixels per annotation of each class (0 where a class has none)."""
+        return self.counts / np.maximum(self.instances, 1) * (self.instances > 0)
 
 
 def bbox(region: np.ndarray) -> tuple[int, int, int, int]:
@@ -170,15 +179,19 @@ def annotation_findings(
 
 
 def missing_regions(
-    probs: np.ndarray, confident: np.ndarray, labelled: Labelled, s: AuditSettings
+    probs: np.ndarray, confident: np.ndarray, labelled: Labelled, typical: np.ndarray, s: AuditSettings
 ) -> tuple[list[tuple[float, int, np.ndarray]], np.ndarray]:
     """Unlabelled regions confidently of an object class: ((score, class, region) list, grown pixels per annotation).
 
     A region within `s.touch` px of an annotation of its own class is that annotation's missed edge (it counts
-    towards the annotation's loose boundary), not a missing object.
+    towards the annotation's loose boundary), not a missing object. The score is the region's mean probability of
+    its class times a size prior, area / (area + typical / 4) with `typical` the class's mean annotation size:
+    models' false positives are specks, a forgotten object is object-sized.
     """
     grown = np.zeros(len(labelled.annotations), np.int64)
-    candidate = ((confident > 0) & (labelled.mask == 0)).astype(np.uint8)
+    # confident *and* predicted (the argmax): a class barely over a low threshold where the background is barely
+    # under its own is no object
+    candidate = ((confident > 0) & (probs.argmax(0) == confident) & (labelled.mask == 0)).astype(np.uint8)
     n, components, stats, _ = cv2.connectedComponentsWithStats(candidate, connectivity=8)
     kernel = np.ones((2 * s.touch + 1, 2 * s.touch + 1), np.uint8)
     found = []
@@ -192,5 +205,7 @@ def missing_regions(
         if same:
             grown[same[0]] += int(region.sum())
             continue
-        found.append((float(probs[k][region].mean()), k, region))
+        area = float(stats[c, cv2.CC_STAT_AREA])
+        size_prior = area / (area + typical[k] / 4) if typical[k] else 1.0
+        found.append((float(probs[k][region].mean()) * size_prior, k, region))
     return found, grown
