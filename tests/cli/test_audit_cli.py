@@ -25,7 +25,8 @@ def test_audit_of_a_fold_group_writes_its_report_and_a_clean_json_that_checks(fo
               "--clean-min-score", 0).output  # fmt: skip
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     scored = sum(len(oof_image_ids(group / f"fold{k}" / "oof.npz")) for k in (0, 1))
-    assert report["images_audited"] == scored == len(json.loads((tmp_path / "audit" / "audited.json").read_text())["images"])
+    audited = json.loads((tmp_path / "audit" / "audited.json").read_text())  # the folds' val jsons, merged
+    assert report["images_audited"] == scored == len(audited["images"])
     assert f"{scored} images audited" in out
     assert (tmp_path / "audit" / "audit.csv").is_file() and (tmp_path / "audit" / "images.csv").is_file()
     assert ("gallery.png" in out) == bool(report["findings"])
