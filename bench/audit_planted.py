@@ -55,7 +55,8 @@ def _group(recipe: Path, split: Path, overrides: list[str], out: Path) -> Path:
 
     marker = out / "group.txt"
     if not marker.is_file():
-        group = fit_folds(recipe, [*overrides, f"data.split={split}"], out=out / "runs")
+        sets = [*overrides, f"data.split={split}", "data.annotations=", "data.valid_annotations="]
+        group = fit_folds(recipe, sets, out=out / "runs")
         marker.write_text(str(group))
     return Path(marker.read_text())
 
