@@ -11,7 +11,8 @@ Written here rather than taken from cleanlab: cleanlab is AGPL-3.0, which `trash
 per annotation (its visible pixels, after overlaps are painted) and per connected region of unlabelled pixels:
 
 * wrong_class: the annotation's pixels belong, by mean probability and by confident class, to another object class;
-* spurious: the same, but the other class is the background;
+* spurious: the same, but the other class is the background (and under `core_share` of the pixels are confidently
+  the given class: with a core of its class, the annotation is a loose boundary instead);
 * missing: a connected region labelled background whose confident class is an object class, touching no
   annotation of that class;
 * loose_boundary: the object is right, but a large share of its pixels is confidently background (spill) or a
@@ -36,6 +37,7 @@ class AuditSettings:
 
     min_share: float = 0.5  # share of an annotation's pixels confidently another class that flags it on its own
     loose_share: float = 0.25  # share of confidently-background (or missed) pixels that makes a boundary loose
+    core_share: float = 0.2  # this share confidently its class: a mostly-background annotation is loose, not spurious
     min_pixels: int = 32  # smallest annotation or unlabelled region that is judged
     touch: int = 2  # px: an unlabelled region this close to an annotation of its class is that annotation's edge
 
@@ -138,8 +140,9 @@ def bbox(region: np.ndarray) -> tuple[int, int, int, int]:
 
 def _evidence(
     probs: np.ndarray, confident: np.ndarray, region: np.ndarray, given: int, s: AuditSettings
-) -> tuple[int, float, bool]:
-    """(other class k, score, flagged): k is the most probable class but the given one over the region.
+) -> tuple[int, float, bool, float]:
+    """(other class k, score, flagged, share of confidently-given pixels): k is the most probable class but the
+    given one over the region.
 
     Flagged when k's mean probability beats the given class's, or when at least `s.min_share` of the pixels are
     confidently k (Confident Learning's test); the score averages that margin of mean probabilities and that share.
@@ -150,7 +153,7 @@ def _evidence(
     other[given] = -1
     k = int(other.argmax())
     score = (max(mean[k] - mean[given], 0.0) + shares[k]) / 2
-    return k, float(score), bool(mean[k] > mean[given] or shares[k] >= s.min_share)
+    return k, float(score), bool(mean[k] > mean[given] or shares[k] >= s.min_share), float(shares[given])
 
 
 def annotation_findings(
@@ -167,11 +170,11 @@ def annotation_findings(
         n = int(region.sum())
         if n < s.min_pixels:
             continue
-        k, score, flagged = _evidence(probs, confident, region, given, s)
-        if flagged:
+        k, score, flagged, core = _evidence(probs, confident, region, given, s)
+        spill = float((confident[region] == 0).mean())
+        if flagged and not (k == 0 and core >= s.core_share):
             found.append((i, "spurious" if k == 0 else "wrong_class", score, k, region))
             continue
-        spill = float((confident[region] == 0).mean())
         reverse = grown[i] / (n + grown[i])
         if max(spill, reverse) >= s.loose_share:
             found.append((i, "loose_boundary", max(spill, reverse), given, region))

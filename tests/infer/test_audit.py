@@ -66,6 +66,7 @@ def planted(demo, tmp_path_factory):
         image["video"] = f"v{i % 4}"
     (root / "clean.json").write_text(json.dumps(data))
     noisy, record = plant_errors(data, seed=7, relabel=0.15, delete=0.10, spurious=0.10)
+    record["loose"] = loosen(noisy, record, count=6, seed=7)
     (root / "noisy.json").write_text(json.dumps(noisy))
     group = fake_group(root, root / "noisy.json", root / "clean.json", Path(demo["images"]))
     report, gallery = audit(group, root / "out", gallery_size=6)
@@ -116,10 +117,18 @@ def test_missing_regions_are_the_deleted_annotations(planted):
     assert k and sum(covers(f) for f in missing[:k]) / k >= 0.6, [(f.image_id, f.pixels) for f in missing[:k]]
 
 
+def test_loose_boundaries_are_the_grown_polygons(planted):
+    grown = planted["record"]["loose"]
+    loose = [f for f in planted["report"]["findings"] if f.kind == "loose_boundary"]
+    assert loose and _precision_at_k(planted["report"]["findings"], "loose_boundary", grown, len(loose)) >= 0.6
+    assert sum(f.annotation_id in grown for f in loose) >= len(grown) / 2
+
+
 def test_image_scores_rank_images_with_planted_errors_first(planted):
     touched = {a["image_id"] for a in planted["record"]["delete"]}
     touched |= {a["image_id"] for a in planted["noisy"]["annotations"] if a["id"] in planted["record"]["relabel"]}
-    touched |= {a["image_id"] for a in planted["noisy"]["annotations"] if a["id"] in planted["record"]["spurious"]}
+    planted_ids = set(planted["record"]["spurious"]) | planted["record"]["loose"]
+    touched |= {a["image_id"] for a in planted["noisy"]["annotations"] if a["id"] in planted_ids}
     images = planted["report"]["images"]
     rate = len(touched) / len(images)
     k = max(1, len(images) // 4)
@@ -174,3 +183,20 @@ def test_a_single_run_a_missing_fold_and_another_json_are_refused(planted, tmp_p
     (tmp_path / "fewer.json").write_text(json.dumps(other))
     with pytest.raises(TrashError, match="lacks 1 image"):
         audit(group, tmp_path, data=tmp_path / "fewer.json")
+
+
+def loosen(noisy: dict, record: dict, count: int, seed: int, grow: float = 0.4) -> set[int]:
+    """Replaces `count` untouched annotations' polygons by their box grown by `grow` (a loose boundary)."""
+    rng = np.random.default_rng(seed)
+    planted = {int(i) for i in record["relabel"]} | set(record["spurious"])
+    sizes = {im["id"]: (im["width"], im["height"]) for im in noisy["images"]}
+    free = [a for a in noisy["annotations"] if a["id"] not in planted and a["area"] >= 400]
+    chosen = [free[i] for i in rng.choice(len(free), min(count, len(free)), replace=False)]
+    for ann in chosen:
+        x, y, w, h = ann["bbox"]
+        width, height = sizes[ann["image_id"]]
+        x0, y0 = max(0.0, x - grow * w / 2), max(0.0, y - grow * h / 2)
+        x1, y1 = min(width - 1.0, x + w * (1 + grow / 2)), min(height - 1.0, y + h * (1 + grow / 2))
+        ann["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+        ann["bbox"], ann["area"] = [x0, y0, x1 - x0, y1 - y0], (x1 - x0) * (y1 - y0)
+    return {a["id"] for a in chosen}
