@@ -74,7 +74,7 @@ def group_folds(group: str | Path) -> list[Fold]:
     if missing:
         raise TrashError(
             f"{group}: {', '.join(missing)} of {count} folds have no {OOF} (not finished); "
-            f"`trash resume {group}` finishes them"
+            f"`trash fit --resume {group}` finishes them"
         )
     return [_fold(k, run) for k, run in enumerate(runs)]
 

@@ -43,7 +43,7 @@ def test_audit_refuses_a_single_run_a_fold_missing_and_a_json_of_other_classes(f
     shutil.copytree(group, partial, ignore=shutil.ignore_patterns("*.pth", "*.pkl"))
     (partial / "fold1" / "oof.npz").unlink()
     result = run("data", "audit", partial, "--out", tmp_path / "a", code=2)
-    assert "fold1 of 2 folds have no oof.npz" in result.output and "trash resume" in result.output
+    assert "fold1 of 2 folds have no oof.npz" in result.output and "trash fit --resume" in result.output
     other = json.loads(Path(demo["train"]).read_text())
     other["categories"] = other["categories"][:-1]
     last = other["categories"][-1]["id"]
