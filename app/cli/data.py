@@ -189,7 +189,7 @@ def data_audit(
     write_clean: Annotated[
         Path | None, typer.Option(help="Also write this cleaned COCO json (+ <name>.changes.csv listing each change)")
     ] = None,
-    clean_min_score: Annotated[float, typer.Option(help="Least score (0..1) of a finding --write-clean applies")] = 0.5,
+    clean_min_score: Annotated[float, typer.Option(help="Least score (0..1) of a finding --write-clean applies")] = 0.3,
 ):
     """Confident Learning on out-of-fold probabilities: every image scored by a fold model that never saw it.
 

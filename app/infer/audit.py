@@ -251,10 +251,11 @@ def image_findings(
     probs: np.ndarray, lab: Labelled, t: Thresholds, s: AuditSettings, where: dict, codes: list[str]
 ) -> list[tuple[Finding, np.ndarray]]:
     """Every finding of one image with its region; `where` gives the image_id, file_name and fold."""
-    confident = confident_classes(probs, t.values())
+    thresholds = t.values()
+    confident = confident_classes(probs, thresholds)
     missing, grown = missing_regions(probs, confident, lab, t.typical_areas(), s)
     found = []
-    for i, kind, score, k, region in annotation_findings(probs, confident, lab, grown, s):
+    for i, kind, score, k, region in annotation_findings(probs, confident, lab, grown, thresholds, s):
         ann_id, given = lab.annotations[i]
         facts = dict(kind=kind, score=score, label=codes[given], suggested=codes[k], suggested_class=k)
         found.append((Finding(**where, **facts, **_extent(region), annotation_id=ann_id), region))

@@ -139,30 +139,34 @@ def bbox(region: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _evidence(
-    probs: np.ndarray, confident: np.ndarray, region: np.ndarray, given: int, s: AuditSettings
+    probs: np.ndarray, confident: np.ndarray, region: np.ndarray, given: int, t: np.ndarray, s: AuditSettings
 ) -> tuple[int, float, bool, float]:
     """(other class k, score, flagged, share of confidently-given pixels): k is the most probable class but the
     given one over the region.
 
     Flagged when k's mean probability beats the given class's, or when at least `s.min_share` of the pixels are
-    confidently k (Confident Learning's test); the score averages that margin of mean probabilities and that share.
+    confidently k (Confident Learning's test). The score averages that margin of mean probabilities and that
+    share, times 1 - (mean p_given / t_given) floored at 0: an annotation as confident as its class's pixels are
+    on average (a class the models are shy of) is no error, one far below it is.
     """
     mean = probs[:, region].mean(1)
     shares = np.bincount(confident[region] + 1, minlength=len(mean) + 1)[1:] / region.sum()
     other = mean.copy()
     other[given] = -1
     k = int(other.argmax())
-    score = (max(mean[k] - mean[given], 0.0) + shares[k]) / 2
+    below = max(0.0, 1.0 - mean[given] / max(t[given], 1e-6))
+    score = (max(mean[k] - mean[given], 0.0) + shares[k]) / 2 * below
     return k, float(score), bool(mean[k] > mean[given] or shares[k] >= s.min_share), float(shares[given])
 
 
 def annotation_findings(
-    probs: np.ndarray, confident: np.ndarray, labelled: Labelled, grown: np.ndarray, s: AuditSettings
+    probs: np.ndarray, confident: np.ndarray, labelled: Labelled, grown: np.ndarray, t: np.ndarray, s: AuditSettings
 ) -> list[tuple[int, str, float, int, np.ndarray]]:
     """(annotation index, kind, score, suggested class, region) for each suspect annotation of one image.
 
     Args:
         grown: Per annotation, the unlabelled pixels of its class confidently next to it (from `missing_regions`).
+        t: The per-class thresholds.
     """
     found = []
     for i, (_, given) in enumerate(labelled.annotations):
@@ -170,7 +174,7 @@ def annotation_findings(
         n = int(region.sum())
         if n < s.min_pixels:
             continue
-        k, score, flagged, core = _evidence(probs, confident, region, given, s)
+        k, score, flagged, core = _evidence(probs, confident, region, given, t, s)
         spill = float((confident[region] == 0).mean())
         if flagged and not (k == 0 and core >= s.core_share):
             found.append((i, "spurious" if k == 0 else "wrong_class", score, k, region))
