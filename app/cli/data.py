@@ -217,9 +217,18 @@ def data_audit(
         )
 
 
+WEAK_MIOU = 0.3  # out-of-fold mIoU under which the audit warns that its models are too weak to judge labels
+
+
 def _print_audit(report: dict, written: dict, top: int) -> None:
     counts = ", ".join(f"{kind} {n}" for kind, n in report["counts"].items())
     typer.echo(f"{report['images_audited']} images audited; findings: {counts}")
+    if report["oof_miou"] is not None and report["oof_miou"] < WEAK_MIOU:
+        typer.echo(
+            f"warning: the fold models' out-of-fold mIoU is {report['oof_miou']:.3f}: classes they have not learned "
+            "look spurious; review the gallery before using --write-clean",
+            err=True,
+        )
     for f in report["findings"][:top]:
         who = f"annotation {f.annotation_id}" if f.annotation_id is not None else f"region {list(f.bbox)}"
         typer.echo(f"  {f.score:.2f} {f.kind:14s} image {f.image_id} {who}: {f.label} -> {f.suggested} ({f.pixels} px)")

@@ -41,7 +41,7 @@ from app.infer.label_issues import (
     image_score,
     missing_regions,
 )
-from app.runs import FOLDS, RESOLVED
+from app.runs import FOLDS, RESOLVED, SUMMARY
 
 OOF = "oof.npz"
 
@@ -318,6 +318,7 @@ def audit(
     findings, image_rows = find_issues(run, t, settings, gallery)
     report = {
         "group": str(group),
+        "oof_miou": _oof_miou(Path(group)),
         "data": str(source),
         "images_audited": run.total,
         "images_not_audited": len(coco.images) - run.total,  # in the json, scored by no fold: left as they are
@@ -329,6 +330,12 @@ def audit(
         "findings": findings,
     }
     return report, gallery_rows(run, gallery, images)
+
+
+def _oof_miou(group: Path) -> float | None:
+    """The group's out-of-fold mIoU (summary.json): how far its models' opinion of the labels can be trusted."""
+    summary = group / SUMMARY
+    return json.loads(summary.read_text())["oof"]["miou"] if summary.is_file() else None
 
 
 def gallery_rows(run: _Pass, gallery: Gallery, images: str | Path | None) -> list[dict]:

@@ -28,6 +28,7 @@ def test_audit_of_a_fold_group_writes_its_report_and_a_clean_json_that_checks(fo
     audited = json.loads((tmp_path / "audit" / "audited.json").read_text())  # the folds' val jsons, merged
     assert report["images_audited"] == scored == len(audited["images"])
     assert f"{scored} images audited" in out
+    assert ("out-of-fold mIoU is" in out) == (report["oof_miou"] < 0.3)  # 1-epoch tiny folds: a warning
     assert (tmp_path / "audit" / "audit.csv").is_file() and (tmp_path / "audit" / "images.csv").is_file()
     assert ("gallery.png" in out) == bool(report["findings"])
     changes = (tmp_path / "clean.changes.csv").read_text().splitlines()
