@@ -205,10 +205,11 @@ class _Pass:
     progress: object = None
     total: int = 0
 
-    def images(self, label: str) -> Iterator[tuple[Fold, CocoImage, np.ndarray]]:
+    def images(self) -> Iterator[tuple[Fold, CocoImage, np.ndarray]]:
+        """(fold, image entry, (C, H, W) probabilities at its size), one image at a time, under the progress bar."""
         stream = ((f, img, p) for f in self.folds for img, p in stream_oof(f.oof))
-        if self.progress:
-            stream = self.progress(stream, total=self.total, comment=label)
+        if self.progress:  # one bar per pass (fastprogress's console bar takes no label)
+            stream = self.progress(stream, total=self.total)
         for fold, image_id, probs in stream:
             image = self.by_name[Path(image_id).relative_to(fold.images).as_posix()]
             yield fold, image, at_size(probs, image.height, image.width)
@@ -235,7 +236,7 @@ class Gallery:
 def thresholds(run: _Pass) -> Thresholds:
     """Confident Learning's per-class thresholds over every out-of-fold image (the first pass)."""
     acc = Thresholds(len(run.coco.codes))
-    for fold, image, probs in run.images("pass 1/2: class thresholds"):
+    for fold, image, probs in run.images():
         acc.add(probs, labelled(run.coco, image, fold.overlap))
     return acc
 
@@ -272,7 +273,7 @@ def _extent(region: np.ndarray) -> dict:
 def find_issues(run: _Pass, t: Thresholds, s: AuditSettings, gallery: Gallery) -> tuple[list[Finding], list[dict]]:
     """The second pass: every finding (best first) and each image's label-quality score (worst first)."""
     findings, images = [], []
-    for fold, image, probs in run.images("pass 2/2: label issues"):
+    for fold, image, probs in run.images():
         lab = labelled(run.coco, image, fold.overlap)
         where = dict(image_id=image.id, file_name=image.file_name, fold=fold.k)
         found = image_findings(probs, lab, t, s, where, run.coco.codes)

@@ -200,3 +200,17 @@ def loosen(noisy: dict, record: dict, count: int, seed: int, grow: float = 0.4) 
         ann["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]
         ann["bbox"], ann["area"] = [x0, y0, x1 - x0, y1 - y0], (x1 - x0) * (y1 - y0)
     return {a["id"] for a in chosen}
+
+
+def test_each_pass_runs_under_the_progress_bar_once_over_every_image(planted, tmp_path):
+    seen = []
+
+    def progress(gen, total=None):  # app/progress.py `bar` takes the same arguments
+        seen.append([total, 0])
+        for item in gen:
+            seen[-1][1] += 1
+            yield item
+
+    audit(planted["group"], tmp_path, progress=progress, gallery_size=0)
+    n = planted["report"]["images_audited"]
+    assert seen == [[n, n], [n, n]] and n == len(planted["data"]["images"])
