@@ -43,7 +43,7 @@ splits() {
 }
 
 baseline() {  # the plain loop of issue 16, as specified (bf16 autocast) and in fp32 (this CPU has no bf16 in hardware)
-  for precision in bf16 fp32; do
+  for precision in ${PRECISIONS:-bf16 fp32}; do  # PRECISIONS=fp32: one of them
     for seed in $SEEDS; do
       local name="baseline-$precision-s$seed"
       timed "$name" $PY -m bench.baseline --train "$TRAIN" --test "$TEST" --images "$DATA/images" \
