@@ -16,6 +16,7 @@ script is exercised by the test suite (tests/test_bench.py) before a GPU is lent
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -228,6 +229,22 @@ def write(result: dict, out: Path) -> None:
     write_text(out / "gpu.md", markdown(result))
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The dry run at one thread, its subprocesses too: on a shared, niced CPU two OpenMP threads stall at every
+    barrier (a 64 px step of a tiny Unet took 30 s at two threads, well under one at one)."""
+    import torch
+
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        os.environ.pop("OMP_NUM_THREADS") if env is None else os.environ.update(OMP_NUM_THREADS=env)
+
+
 def _plain(d: dict) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
@@ -240,14 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="row names to run (default: all)")
     args = p.parse_args(argv)
     budget = min(args.budget or 480.0, 480.0) if not args.cpu_dry_run else args.budget or 1800.0
-    if args.cpu_dry_run:  # one thread: on a shared, niced CPU two OpenMP threads stall at every barrier
-        import torch
-
-        torch.set_num_threads(1)
-        os.environ["OMP_NUM_THREADS"] = "1"  # the fit rows' subprocesses
     work = Path(tempfile.mkdtemp(prefix="trash-gpu-"))  # datasets and runs: not in OUT, which travels back
     try:
-        result = measure(setting(args.cpu_dry_run, work), budget, args.out, args.only)
+        with one_thread() if args.cpu_dry_run else contextlib.nullcontext():
+            result = measure(setting(args.cpu_dry_run, work), budget, args.out, args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(markdown(result))

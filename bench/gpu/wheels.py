@@ -49,10 +49,10 @@ ENV = {
 }
 
 
-def pins(path: Path = WHEELS_TXT) -> dict[str, str]:
-    """{canonical name: version} of a pinned requirements file (comments and blank lines skipped)."""
+def pins(path: Path | None = None) -> dict[str, str]:
+    """{canonical name: version} of a pinned requirements file (default wheels.txt; comments, blanks skipped)."""
     found = {}
-    for line in path.read_text().splitlines():
+    for line in (path or WHEELS_TXT).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, version = re.split(r"\s*==\s*", line)
