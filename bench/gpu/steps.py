@@ -5,6 +5,7 @@ Timing is wall clock with a CUDA sync at each end (bench.common.sync); on CPU (t
 tiny size, so the figures only show that the path works.
 """
 
+import contextlib
 import copy
 import dataclasses
 import gc
@@ -164,10 +165,28 @@ def tta_speed(encoder: str, classes: int, size: int, batch: int, spec: str, warm
     views = parse_views(spec, multiple=getattr(model, "trash_size_multiple", 32))
     batched = time_step(lambda: predict_probs(model, x, views, batch_views=True), warmup, n)
     one_view = time_step(lambda: predict_probs(model, x, views, batch_views=False), warmup, n)
-    here = predict_probs(model, x[:2], views).argmax(1).cpu()
-    on_cpu = predict_probs(copy.deepcopy(model).cpu(), x[:2].cpu(), views).argmax(1)
-    equal = (here == on_cpu).float().mean().item()
-    return {"batched_s": batched, "one_view_s": one_view, "views": len(views), "mask_equal_to_cpu": round(equal, 5)}
+    with strict_fp32():
+        here = predict_probs(model, x[:2], views).cpu()
+    on_cpu = predict_probs(copy.deepcopy(model).cpu(), x[:2].cpu(), views)
+    equal = (here.argmax(1) == on_cpu.argmax(1)).float().mean().item()
+    return {
+        "batched_s": batched,
+        "one_view_s": one_view,
+        "views": len(views),
+        "mask_equal_to_cpu": round(equal, 5),  # share of pixels (random weights: near-ties can flip a few)
+        "max_prob_diff_to_cpu": round((here - on_cpu).abs().max().item(), 6),
+    }
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """CUDA convolutions and matmuls in full fp32 (no TF32), to compare masks with the CPU path's."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
 
 
 def trash(args: list, env: dict | None = None, timeout: float = 300, launcher: list | None = None) -> float:
