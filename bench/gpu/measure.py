@@ -26,7 +26,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench.gpu import steps
@@ -51,6 +51,11 @@ class Setting:
     epochs: int = 3
     fit_encoder: str = ""  # "" = the recipe's
     demo: tuple[int, int, int] = (96, 24, 16)  # train, val, test images of the fit rows' demo dataset
+    deadline: float = float("inf")  # time.monotonic() when the budget ends: the fit rows' subprocesses stop there
+
+    def left(self) -> float:
+        """Seconds to the deadline (at least 5, for a subprocess timeout)."""
+        return max(5.0, self.deadline - time.monotonic())
 
 
 def setting(dry: bool, work: Path) -> Setting:
@@ -133,13 +138,14 @@ def tta_row(s: Setting, spec: str) -> dict:
 
 def fit_launcher_row(s: Setting) -> dict:
     """`trash fit --gpus 1` as a launcher runs it: torchrun with one process, a tiny run of recipes/demo.py."""
-    return steps.fit_through_torchrun(s.work / "launch", s.demo, steps.fit_sets(s.fit_size, s.epochs, s.fit_encoder))
+    sets = steps.fit_sets(s.fit_size, s.epochs, s.fit_encoder)
+    return steps.fit_through_torchrun(s.work / "launch", s.demo, sets, timeout=s.left())
 
 
 def end_to_end_row(s: Setting) -> dict:
     """fit + predict --tta on this device and on CPU (same recipe, seed, data): both mIoUs and times."""
     sets = steps.fit_sets(s.fit_size, s.epochs, s.fit_encoder)
-    return steps.end_to_end(s.work / "e2e", s.demo, sets, cpu_too=not s.dry)  # dry run: "here" is the CPU already
+    return steps.end_to_end(s.work / "e2e", s.demo, sets, cpu_too=not s.dry, deadline=s.deadline)  # dry: here = CPU
 
 
 PRECISIONS = {"fp32": "fp32", "bf16": "bf16", "fp16+GradScaler": "fp16"}
@@ -182,6 +188,7 @@ def run_row(name: str, row: Row, s: Setting) -> dict:
 def measure(s: Setting, budget_s: float, out: Path, names: list[str] | None = None) -> dict:
     """Runs the rows in order while the budget allows; writes OUT/gpu.json and gpu.md after every row."""
     started = time.perf_counter()
+    s = replace(s, deadline=time.monotonic() + budget_s)
     result = {"machine": machine(), "dry_run": s.dry, "budget_s": budget_s, "setting": _plain(asdict(s)), "rows": []}
     for name, row in ROWS.items():
         if names and name not in names:
@@ -247,7 +254,7 @@ def one_thread():
 
 
 def _plain(d: dict) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items() if k != "deadline"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 # the backstop for a hung row (gpu.json is rewritten after every row, so what finished is kept).
 LIMIT=${BUDGET:-$([ -n "$DRY" ] && echo 1800 || echo 480)}
 echo "== measure (budget $LIMIT s) =="
-timeout --signal=TERM --kill-after=20 $((LIMIT + 60)) "$PY" -m bench.gpu.measure --out "$OUT" --budget "$LIMIT" $DRY
+timeout --signal=TERM --kill-after=10 $((LIMIT + 30)) "$PY" -m bench.gpu.measure --out "$OUT" --budget "$LIMIT" $DRY
 status=$?
 echo "run: gpu.json and gpu.md in $OUT (exit $status)"
 exit $status

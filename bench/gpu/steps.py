@@ -235,13 +235,13 @@ def run_dir(out: Path) -> Path:
     return found[-1]
 
 
-def fit_through_torchrun(work: Path, counts: tuple[int, int, int], sets: dict) -> dict:
+def fit_through_torchrun(work: Path, counts: tuple[int, int, int], sets: dict, timeout: float = 600) -> dict:
     """`trash fit` launched as `--gpus N` launches it (app.train.distributed.launch_command), with one process."""
     from app.train.distributed import launch_command
 
     demo = demo_data(work.parent / "demo", counts)
     launcher = launch_command(1, [])[:-2]  # torchrun ... (without "-m app")
-    seconds = trash(demo_fit_args(demo, sets, work), launcher=launcher, timeout=600)
+    seconds = trash(demo_fit_args(demo, sets, work), launcher=launcher, timeout=timeout)
     metrics = json.loads((run_dir(work) / "metrics.json").read_text())
     return {
         "finished": True,
@@ -252,19 +252,21 @@ def fit_through_torchrun(work: Path, counts: tuple[int, int, int], sets: dict) -
     }
 
 
-def end_to_end(work: Path, counts: tuple[int, int, int], sets: dict, cpu_too: bool = True) -> dict:
-    """fit, predict --tta and evaluate --tta of recipes/demo.py on this device, and the same on CPU."""
+def end_to_end(work: Path, counts, sets: dict, cpu_too: bool = True, deadline: float = float("inf")) -> dict:
+    """fit, predict --tta and evaluate --tta of recipes/demo.py on this device, and the same on CPU; each command
+    stops at `deadline` (time.monotonic())."""
     demo = demo_data(work.parent / "demo", counts)
     found = {"device": device().type}
     sides = {"here": {}, "cpu": {"CUDA_VISIBLE_DEVICES": ""}} if cpu_too else {"here": {}}
     for side, env in sides.items():
         out = work / side
-        fit_s = trash(demo_fit_args(demo, sets, out), env=env, timeout=600)
+        left = lambda: min(600.0, max(5.0, deadline - time.monotonic()))  # noqa: E731
+        fit_s = trash(demo_fit_args(demo, sets, out), env=env, timeout=left())
         run = run_dir(out)
         predict = ["predict", run, "--images", demo["images"], "--data", demo["test"], "--tta", "--out", out / "pred"]
-        predict_s = trash(predict, env=env)
+        predict_s = trash(predict, env=env, timeout=left())
         evaluate = ["evaluate", run, "--data", demo["val"], "--images", demo["images"], "--tta", "--out", out / "eval"]
-        trash(evaluate, env=env)
+        trash(evaluate, env=env, timeout=left())
         report = json.loads((out / "eval" / "evaluate.json").read_text())
         masks = len(list((out / "pred" / "masks").rglob("*.png")))
         found.update({f"{side}_fit_s": round(fit_s, 1), f"{side}_predict_tta_s": round(predict_s, 1)})
