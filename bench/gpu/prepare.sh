@@ -33,13 +33,20 @@ done
     $PLATFORMS -d "$DEST" -r "$PINS"
 "$PY" -m bench.gpu.wheels check "$DEST"
 
-# Every wheel installs offline on a CPython 3.12 (the GPU machine's Python), without the network.
+# A rehearsal of run.sh's install on a CPython 3.12 (the GPU machine's Python), offline: a fresh venv holding
+# metadata-only stand-ins for the GPU machine's packages (torch 2.11, ...: bench/gpu/wheels.py GPU_VERSIONS), then
+# the same two pip commands as run.sh. pip resolves every dependency or fails here, not there.
 PY312=${PYTHON312:-$(command -v python3.12 || true)}
 if [ -n "$PY312" ] && "$PY312" -V >/dev/null 2>&1; then
     VENV=$(mktemp -d)
     "$PY312" -m venv "$VENV"
-    PIP_FIND_LINKS= "$VENV/bin/pip" install --quiet --no-index --find-links "$DEST" --no-deps -r "$PINS"
-    echo "prepare: all $(wc -l < "$PINS") wheels install offline into a fresh $("$PY312" -V) venv"
+    SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    "$PY" -m bench.gpu.wheels stub "$SITE"
+    PIP=("$VENV/bin/python" -m pip --isolated install --quiet --no-index --find-links "$DEST")
+    # shellcheck disable=SC2046
+    "${PIP[@]}" --no-deps $("$PY" -m bench.gpu.wheels no-deps)
+    "${PIP[@]}" -r bench/gpu/install.txt
+    echo "prepare: run.sh's install resolves offline in a fresh $("$PY312" -V) venv (the GPU machine's packages stubbed)"
     rm -rf "$VENV"
 else
     echo "prepare: no python3.12 here (set PYTHON312): the offline install into a 3.12 venv was not checked"

@@ -29,6 +29,15 @@ ON_GPU_MACHINE = {
     *("filelock", "fsspec", "jinja2", "markupsafe", "networkx", "sympy", "mpmath", "setuptools", "triton"),
     *("joblib", "threadpoolctl", "click", "rich", "shellingham", "markdown-it-py", "mdurl", "pygments", "pip"),
 }
+#: Versions assumed for the GPU machine's packages when prepare.sh rehearses the install (`stub`): of that
+#: machine's period (torch 2.11); the rest get STUB_DEFAULT. A carried wheel needing newer fails the rehearsal.
+GPU_VERSIONS = {
+    "torch": "2.11.0", "torchvision": "0.26.0", "timm": "1.0.20", "accelerate": "1.10.0", "numpy": "2.3.3",
+    "opencv-python-headless": "4.12.0.88", "scikit-learn": "1.7.2", "typer": "0.19.2", "scipy": "1.16.2",
+    "pillow": "11.3.0", "huggingface-hub": "0.35.0", "safetensors": "0.6.2", "pyyaml": "6.0.2", "packaging": "25.0",
+    "tqdm": "4.67.1", "psutil": "7.1.0", "rich": "14.1.0", "click": "8.2.1", "setuptools": "80.9.0",
+}  # fmt: skip
+STUB_DEFAULT = "1.0"
 #: Required by a carried wheel but not carried: why `trash` runs without it.
 LEFT_OUT = {
     "spacy": "fastai requires it for fastai.text only, which trash never imports (about 30 MiB of wheels)",
@@ -105,11 +114,28 @@ def _uncovered_no_deps(wheels: dict[str, Path], install: set[str]) -> list[str]:
     return errors
 
 
+def write_stubs(site_packages: Path) -> list[str]:
+    """Installed-package metadata (a .dist-info folder, no code) for every ON_GPU_MACHINE package but pip, so that
+    pip in a scratch venv resolves install.txt as it will on the GPU machine. Returns name==version lines."""
+    written = []
+    for name in sorted(ON_GPU_MACHINE - {"pip"}):
+        version = GPU_VERSIONS.get(name, STUB_DEFAULT)
+        info = site_packages / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "INSTALLER").write_text("stub\n")
+        (info / "RECORD").write_text("")
+        written.append(f"{name}=={version}")
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("pins", help="wheels.txt as name==version lines")
     sub.add_parser("no-deps", help="the NO_DEPS wheels as name==version lines")
+    stub = sub.add_parser("stub", help="metadata-only stand-ins for the GPU machine's packages (a scratch venv)")
+    stub.add_argument("site_packages", type=Path)
     check = sub.add_parser("check", help="the wheel folder is complete and small enough")
     check.add_argument("folder", type=Path)
     check.add_argument("--limit-mib", type=float, default=LIMIT_MIB)
@@ -117,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("pins", "no-deps"):
         chosen = pins() if args.command == "pins" else {n: v for n, v in pins().items() if n in NO_DEPS}
         print("\n".join(f"{n}=={v}" for n, v in chosen.items()))
+        return 0
+    if args.command == "stub":
+        print(f"stubs of the GPU machine's packages: {', '.join(write_stubs(args.site_packages))}")
         return 0
     errors = problems(args.folder, args.limit_mib)
     for e in errors:
