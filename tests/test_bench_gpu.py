@@ -100,3 +100,12 @@ def test_run_sh_cpu_dry_run(tmp_path):
     assert done.returncode == 0
     rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
     assert len(rows) == len(measure.ROWS) and {r["status"] for r in rows} <= {"ok", "skipped-on-cpu"}
+
+
+def test_stubs_stand_in_for_the_gpu_machines_packages(tmp_path):
+    from importlib.metadata import distributions
+
+    lines = wheels.write_stubs(tmp_path)
+    found = {d.metadata["Name"]: d.version for d in distributions(path=[str(tmp_path)])}
+    assert f"torch=={found['torch']}" in lines and found["torch"] == wheels.GPU_VERSIONS["torch"]
+    assert set(found) == wheels.ON_GPU_MACHINE - {"pip"}
