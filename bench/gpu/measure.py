@@ -132,6 +132,7 @@ def tta_row(s: Setting, spec: str) -> dict:
         "one_view_img_s": round(s.batch / found["one_view_s"], 1),
         "views": found["views"],
         "mask_equal_to_cpu": found["mask_equal_to_cpu"],
+        "max_prob_diff_to_cpu": found["max_prob_diff_to_cpu"],
         "setting": f"{s.encoder} Unet, {s.size} px, batch {s.batch}, fp32, eval",
     }
 
