@@ -109,3 +109,12 @@ def test_stubs_stand_in_for_the_gpu_machines_packages(tmp_path):
     found = {d.metadata["Name"]: d.version for d in distributions(path=[str(tmp_path)])}
     assert f"torch=={found['torch']}" in lines and found["torch"] == wheels.GPU_VERSIONS["torch"]
     assert set(found) == wheels.ON_GPU_MACHINE - {"pip"}
+
+
+def test_an_incomplete_install_still_writes_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "steps", None)
+    monkeypatch.setattr(measure, "IMPORT_ERROR", "ModuleNotFoundError: No module named 'fastai'")
+    monkeypatch.setattr(measure, "cuda", lambda: True)
+    measure.measure(measure.setting(True, tmp_path), 60, tmp_path)
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert len(rows) == len(measure.ROWS) and all("fastai" in r["error"] for r in rows)

@@ -29,7 +29,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bench.gpu import steps
+IMPORT_ERROR = ""
+try:
+    from bench.gpu import steps
+except Exception as e:  # an incomplete offline install: every row records why, and gpu.json is still written
+    steps, IMPORT_ERROR = None, f"{type(e).__name__}: {e}"
 
 CLASSES = 11  # the reference dataset's 10 classes + background
 
@@ -176,6 +180,8 @@ def run_row(name: str, row: Row, s: Setting) -> dict:
     """One row's record: status ok / error / skipped, seconds, figures or the error."""
     if row.cuda_only and not cuda():
         return {"name": name, "status": "skipped-on-cpu", "reason": row.cuda_only, "seconds": 0.0, "figures": {}}
+    if steps is None:
+        return {"name": name, "status": "error", "seconds": 0.0, "figures": {}, "error": IMPORT_ERROR}
     begun = time.perf_counter()
     try:
         figures, status, error = row.fn(s, **row.kwargs), "ok", None
