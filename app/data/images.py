@@ -114,7 +114,9 @@ def list_images(images: str | Path, data: str | Path | None = None) -> list[tupl
     named = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     broken = [p.name for p in named if p.is_symlink() and not p.exists()]
     if broken:
-        raise TrashError(f"{images}: {len(broken)} image link(s) point at nothing, e.g. {broken[0]}; fix or remove them")
+        raise TrashError(
+            f"{images}: {len(broken)} image link(s) point at nothing, e.g. {broken[0]}; fix or remove them"
+        )
     files = [p for p in named if p.is_file()]
     if not files:
         raise TrashError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {images}{_nested_hint(root)}")
