@@ -11,9 +11,9 @@ DEMO_RUN := runs/demo/latest
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev,crf]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,crf]"
 	touch $(STAMP)
 
 verify: install

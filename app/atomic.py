@@ -109,13 +109,16 @@ def torch_save(obj, path: str | Path) -> Path:
 def write_image(path: str | Path, array, params: tuple = (), sync: bool = True) -> Path:
     """`cv2.imwrite` (format by suffix: PNG masks, JPEG overlays; `params` as OpenCV's), atomically.
 
-    OpenCV returns False instead of raising when it cannot write (a full disk): that becomes WriteFailed too.
+    Encoded in memory, written by Python: `cv2.imwrite` on a full disk can return True with the file cut short
+    (a truncated mask, exit 0); Python's write raises, and that becomes WriteFailed.
     """
     import cv2
 
+    ok, encoded = cv2.imencode(Path(path).suffix, array, list(params))
+    if not ok:
+        raise OSError(f"OpenCV could not encode a {Path(path).suffix} image")
     with atomic_path(path, sync=sync) as tmp:
-        if not cv2.imwrite(str(tmp), array, list(params)):
-            raise OSError(f"OpenCV could not write a {Path(path).suffix} image (disk full?)")
+        tmp.write_bytes(encoded.tobytes())
     return Path(path)
 
 

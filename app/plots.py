@@ -214,3 +214,38 @@ def _num(value: str) -> float:
         return float(value)
     except ValueError:
         return float("nan")
+
+
+def save_findings_gallery(rows: list[dict], codes: list[str], path: str | Path) -> Path:
+    """One row per finding: image | labels | prediction, the finding's region outlined in yellow on each.
+
+    Args:
+        rows: Dicts with `image` (H, W, 3 RGB), `label` and `prediction` (H, W class masks), `region` (H, W bool)
+            and `title` (one line naming the finding).
+        codes: Class names by index (the legend).
+        path: The PNG to write.
+    """
+    plt = _pyplot()
+    colours = palette(len(codes))
+    handles = _legend_handles([r["label"] for r in rows] + [r["prediction"] for r in rows], codes, colours)
+    legend_height = 0.3 + 0.22 * -(-len(handles) // 6)  # inches
+    height = 2.6 * max(1, len(rows)) + legend_height
+    fig, axes = plt.subplots(max(1, len(rows)), 3, figsize=(10, height), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        panels = (
+            row["image"],
+            overlay(row["image"], row["label"], colours),
+            overlay(row["image"], row["prediction"], colours),
+        )
+        for ax, panel, name in zip(ax_row, panels, ("image", "labels", "out-of-fold prediction")):
+            ax.imshow(panel)
+            ax.contour(row["region"].astype(np.uint8), levels=[0.5], colors="yellow", linewidths=1.2)
+            ax.set_title(f"{row['title']}" if name == "image" else name, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / height if handles else 0, 1, 1))
+    savefig(fig, path, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent
 #: bench/ modules that are not benchmarks of `make bench`: helpers, and the long accuracy scripts
-NOT_BENCHES = {"__init__", "common", "run", "baseline", "accuracy", "results_table"}
+NOT_BENCHES = {"__init__", "common", "run", "baseline", "accuracy", "results_table", "audit_planted"}
 #: the order `make bench` runs them in (the rest, alphabetically, after these)
 ORDER = ["model_speed", "precision", "compute", "loop_overhead", "data_path", "mask_cache", "tta_cost"]
 

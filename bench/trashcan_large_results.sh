@@ -16,7 +16,7 @@ OUT=runs/results-large
 TRAIN=splits/trashcan_large-dev/fold0/train.json  # what both sides train on (the recipe validates on its fold0/val.json)
 TEST=splits/trashcan_large/fold0/val.json  # held-out videos: nothing is chosen on them
 BUDGET=3600
-SEEDS="1 2"
+SEEDS=${SEEDS:-"1 2"}  # SEEDS=1 bench/trashcan_large_results.sh recipe: one seed
 mkdir -p "$OUT"
 
 timed() {  # timed NAME COMMAND...: runs COMMAND once, alone, with its own mask cache; NAME/time.txt = "user sys wall"
@@ -43,7 +43,7 @@ splits() {
 }
 
 baseline() {  # the plain loop of issue 16, as specified (bf16 autocast) and in fp32 (this CPU has no bf16 in hardware)
-  for precision in bf16 fp32; do
+  for precision in ${PRECISIONS:-bf16 fp32}; do  # PRECISIONS=fp32: one of them
     for seed in $SEEDS; do
       local name="baseline-$precision-s$seed"
       timed "$name" $PY -m bench.baseline --train "$TRAIN" --test "$TEST" --images "$DATA/images" \

@@ -96,6 +96,28 @@ def same_stems(demo, folder):
     return images
 
 
+def dangling_link(demo, folder):
+    images = folder / "links"
+    images.mkdir()
+    (images / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    return images
+
+
+def nested_only(demo, folder):
+    images = folder / "nested"
+    (images / "inner").mkdir(parents=True)
+    source = Path(demo["images"]) / coco(demo, "test")["images"][0]["file_name"]
+    shutil.copy(source, images / "inner" / "a.jpg")
+    return images
+
+
+def zero_byte_image(demo, folder):
+    images = folder / "zero"
+    images.mkdir()
+    (images / "empty.jpg").write_bytes(b"")
+    return images
+
+
 @dataclass
 class Case:
     name: str
@@ -147,6 +169,9 @@ CASES = [
     Case("no images: predict", no_images, predict_json, BAD_INPUT, "lists no images"),
     Case("no images: evaluate", no_images, evaluate_json, BAD_INPUT, "no images"),
     Case("a.jpg and a.png: predict", same_stems, predict_folder, BAD_INPUT, "a.png"),
+    Case("a link to no file: predict", dangling_link, predict_folder, BAD_INPUT, "gone.jpg"),
+    Case("images only in a subfolder: predict", nested_only, predict_folder, BAD_INPUT, "inner/a.jpg"),
+    Case("a zero-byte image: predict", zero_byte_image, predict_folder, BAD_INPUT, "empty.jpg"),
     Case("recipe calls sys.exit(0)", recipe_with("import sys\nsys.exit(0)\n"), fit_recipe, BAD_INPUT, "sys.exit(0)"),
     Case("recipe syntax error", recipe_with("data = dict(\n"), fit_recipe, BAD_INPUT, "cannot be executed"),
     Case("recipe names an unknown arch", recipe_with("model['arch'] = 'unett'\n"), fit_recipe, BAD_INPUT, "unet"),

@@ -1,4 +1,4 @@
-"""Data commands: demo-data, and `trash data` check / masks / stats / split / show."""
+"""Data commands: demo-data, and `trash data` check / masks / stats / split / show / audit."""
 
 import json
 from pathlib import Path
@@ -13,13 +13,15 @@ from app.data.stats import WEIGHT_SCHEMES
 from app.errors import DATA_ERRORS, TrashError
 
 data_app = typer.Typer(
-    help="Look at and prepare COCO data: check, masks, stats, split, show.\n\n"
+    help="Look at and prepare COCO data: check, masks, stats, split, show, audit.\n\n"
     "Example: trash data check data/train.json --images data",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
 app.add_typer(
-    data_app, name="data", short_help="check / masks / stats / split / show.  e.g. trash data check a.json --images DIR"
+    data_app,
+    name="data",
+    short_help="check / masks / stats / split / show / audit.  e.g. trash data check a.json --images DIR",
 )
 AnnArg = Annotated[Path, typer.Argument(help="COCO json")]
 
@@ -172,6 +174,66 @@ def data_show(
     from app.data.show import show_coco
 
     typer.echo(f"grid {show_coco(annotations, images, out, count, seed, masks)}")
+
+
+@data_app.command("audit", short_help="Wrong-class, missing, spurious, loose labels from a fold group's OOF.")
+@friendly
+def data_audit(
+    group: Annotated[Path, typer.Argument(help="A `trash fit RECIPE --fold all` group folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.csv, audit.json, images.csv, gallery.png")],
+    data: Annotated[
+        Path | None, typer.Option(help="The json to audit (default: the folds' validation jsons, merged)")
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="Images folder for the gallery (default: the group's)")] = None,
+    top: Annotated[int, typer.Option(help="Findings shown in gallery.png (and printed)")] = 24,
+    write_clean: Annotated[
+        Path | None, typer.Option(help="Also write this cleaned COCO json (+ <name>.changes.csv listing each change)")
+    ] = None,
+    clean_min_score: Annotated[float, typer.Option(help="Least score (0..1) of a finding --write-clean applies")] = 0.3,
+):
+    """Confident Learning on out-of-fold probabilities: every image scored by a fold model that never saw it.
+
+    Finds wrong_class (another class is confidently seen), spurious (background is), missing (an unlabelled
+    object-sized region of a class) and loose_boundary annotations, each with a score in 0..1 (higher = more
+    likely an error) and the class the model suggests; ranks images by label quality (images.csv, worst first).
+    --write-clean relabels wrong classes, drops spurious annotations and adds missing regions to the image's
+    ignore_mask (255: neither background nor a class), listing every change. See docs/audit.md.
+
+    Example: trash data audit runs/base/latest --out audit --write-clean data/clean.json
+    """
+    from app.data.coco import load_coco
+    from app.infer.audit import audit
+    from app.infer.audit_outputs import write_audit
+    from app.infer.audit_outputs import write_clean as clean_json
+
+    report, gallery = audit(group, out, data, gallery_size=top, progress=progress(), images=images)
+    written = write_audit(report, gallery, load_coco(report["data"]).codes, out)
+    _print_audit(report, written, top)
+    if write_clean:
+        done = clean_json(report["data"], report["findings"], write_clean, clean_min_score)
+        typer.echo(
+            f"clean    {done['json']}: {done['relabel']} relabelled, {done['drop']} dropped, "
+            f"{done['ignore']} regions ignored; changes in {done['changes']}"
+        )
+
+
+WEAK_MIOU = 0.3  # out-of-fold mIoU under which the audit warns that its models are too weak to judge labels
+
+
+def _print_audit(report: dict, written: dict, top: int) -> None:
+    counts = ", ".join(f"{kind} {n}" for kind, n in report["counts"].items())
+    typer.echo(f"{report['images_audited']} images audited; findings: {counts}")
+    if report["oof_miou"] is not None and report["oof_miou"] < WEAK_MIOU:
+        typer.echo(
+            f"warning: the fold models' out-of-fold mIoU is {report['oof_miou']:.3f}: classes they have not learned "
+            "look spurious; review the gallery before using --write-clean",
+            err=True,
+        )
+    for f in report["findings"][:top]:
+        who = f"annotation {f.annotation_id}" if f.annotation_id is not None else f"region {list(f.bbox)}"
+        typer.echo(f"  {f.score:.2f} {f.kind:14s} image {f.image_id} {who}: {f.label} -> {f.suggested} ({f.pixels} px)")
+    for name, path in written.items():
+        typer.echo(f"{name:8s} {path}")
 
 
 def _refuse_bad_data(annotations: Path, images: Path | None) -> None:

@@ -111,10 +111,24 @@ def list_images(images: str | Path, data: str | Path | None = None) -> list[tupl
         if missing:
             raise TrashError(f"{data}: {len(missing)} image file(s) not found under {images}, e.g. {missing[0]}")
         return pairs
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    named = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    broken = [p.name for p in named if p.is_symlink() and not p.exists()]
+    if broken:
+        raise TrashError(
+            f"{images}: {len(broken)} image link(s) point at nothing, e.g. {broken[0]}; fix or remove them"
+        )
+    files = [p for p in named if p.is_file()]
     if not files:
-        raise TrashError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {images}")
+        raise TrashError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {images}{_nested_hint(root)}")
     return [(p.name, p) for p in files]
+
+
+def _nested_hint(root: Path) -> str:
+    """Where the images are when they sit one folder down (a COCO layout's images/): subfolders are not searched."""
+    below = [p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    if not below:
+        return ""
+    return f"; {len(below)} image(s) are in its subfolders (e.g. {below[0].relative_to(root)}), which are not searched"
 
 
 def screen_listed(images: str | Path, data: str | Path | None = None) -> None:

@@ -1,0 +1,123 @@
+"""What `trash data audit` writes: audit.csv / audit.json / images.csv, the gallery PNG, and the cleaned json.
+
+The cleaned json is the audited one with the confident findings applied, every change listed beside it
+(`<clean>.changes.csv`), so that a `data v2` is one command and one review:
+
+* wrong_class: the annotation's category becomes the suggested class;
+* spurious: the annotation is dropped;
+* missing: the region joins the image's `ignore_mask` (rasterized as 255, skipped by the loss and the metric):
+  the model saw an object there, but only a person can draw it, so it stops counting as background;
+* loose_boundary: listed for review, never changed (a better polygon needs a person).
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from app.atomic import atomic_open, write_json
+from app.data.coco import IGNORE_KEY
+from app.data.masks import annotation_mask
+from app.errors import TrashError
+from app.infer.label_issues import Finding
+from app.plots import save_findings_gallery
+
+FINDING_COLUMNS = (  # Finding.row()'s keys
+    "image_id", "file_name", "annotation_id", "kind", "score", "label", "suggested", "pixels", "bbox", "fold",
+)  # fmt: skip
+IMAGE_COLUMNS = ("image_id", "file_name", "fold", "score", "findings")
+CHANGE_COLUMNS = ("action", "image_id", "annotation_id", "kind", "score", "from", "to", "pixels")
+#: findings scoring at least this are applied by default: on out-of-fold probabilities of clean labels plus noise
+#: (tests/infer/test_audit.py) every finding above it was a planted error
+CLEAN_MIN_SCORE = 0.3
+ACTIONS = {"wrong_class": "relabel", "spurious": "drop", "missing": "ignore"}  # loose_boundary: review only
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> Path:
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_audit(report: dict, gallery: list[dict], codes: list[str], out: str | Path) -> dict[str, Path]:
+    """audit.json (everything), audit.csv (findings, best first), images.csv (worst first), gallery.png."""
+    out = Path(out)
+    rows = [f.row() for f in report["findings"]]
+    written = {
+        "json": write_json(out / "audit.json", {**report, "findings": rows}),
+        "csv": _write_csv(out / "audit.csv", FINDING_COLUMNS, rows),
+        "images": _write_csv(out / "images.csv", IMAGE_COLUMNS, report["images"]),
+    }
+    if gallery:
+        written["gallery"] = save_findings_gallery(gallery, codes, out / "gallery.png")
+    return written
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _change(finding: Finding) -> dict:
+    return {
+        "action": ACTIONS[finding.kind],
+        "image_id": finding.image_id,
+        "annotation_id": finding.annotation_id,
+        "kind": finding.kind,
+        "score": round(finding.score, 4),
+        "from": finding.label,
+        "to": finding.suggested if finding.kind == "wrong_class" else ("" if finding.kind == "spurious" else "ignore"),
+        "pixels": finding.pixels,
+    }
+
+
+def _ignore_regions(data: dict, findings: list[Finding]) -> None:
+    """Adds each missing region to its image's ignore_mask (the union with any ignore_mask it had)."""
+    regions: dict[int, list[dict]] = {}
+    for f in findings:
+        regions.setdefault(f.image_id, []).append(f.region)
+    for image in data["images"]:
+        if image["id"] not in regions:
+            continue
+        h, w = int(image["height"]), int(image["width"])
+        mask = np.zeros((h, w), bool)
+        for rle in regions[image["id"]] + ([image[IGNORE_KEY]] if image.get(IGNORE_KEY) else []):
+            mask |= annotation_mask({"id": f"{IGNORE_KEY} of image {image['id']}", "segmentation": rle}, h, w)
+        image[IGNORE_KEY] = _rle(mask)
+
+
+def write_clean(
+    source: str | Path, findings: list[Finding], path: str | Path, min_score: float = CLEAN_MIN_SCORE
+) -> dict:
+    """Writes the cleaned json `path` and `<path stem>.changes.csv`; returns the counts of each action.
+
+    Args:
+        source: The audited json (report["data"]).
+        findings: The audit's findings; those of at least `min_score` whose kind has an action are applied.
+        min_score: The least score a finding needs to be applied (0..1).
+    """
+    if not 0 <= min_score <= 1:
+        raise TrashError(f"--clean-min-score must be in [0, 1], got {min_score}")
+    data = json.loads(Path(source).read_text())
+    applied = [f for f in findings if f.kind in ACTIONS and f.score >= min_score]
+    category = {i + 1: c["id"] for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    relabel = {(f.image_id, f.annotation_id): category[f.suggested_class] for f in applied if f.kind == "wrong_class"}
+    drop = {(f.image_id, f.annotation_id) for f in applied if f.kind == "spurious"}
+    kept = []
+    for ann in data.get("annotations", []):
+        key = (ann.get("image_id"), ann.get("id"))
+        if key not in drop:
+            kept.append({**ann, "category_id": relabel[key]} if key in relabel else ann)
+    data["annotations"] = kept
+    _ignore_regions(data, [f for f in applied if f.kind == "missing"])
+    data.setdefault("info", {})["trash_audit"] = f"cleaned from {source}; changes in {Path(path).stem}.changes.csv"
+    write_json(path, data)
+    listing = Path(path).with_name(f"{Path(path).stem}.changes.csv")
+    changes = _write_csv(listing, CHANGE_COLUMNS, [_change(f) for f in applied])
+    counts = {action: sum(ACTIONS[f.kind] == action for f in applied) for action in ACTIONS.values()}
+    return {"json": Path(path), "changes": changes, **counts}
