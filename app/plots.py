@@ -33,6 +33,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
     return out.clip(0, 255).astype(np.uint8)
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no screen needed)."""
+    return _pyplot()
+
+
 def _pyplot():
     import matplotlib
 
@@ -129,7 +134,16 @@ def top_classes(cm: np.ndarray, codes: list[str], k: int = MAX_CLASSES_SHOWN) ->
 
 
 def plot_confusion(cm, codes: list[str], path: str | Path) -> Path:
-    """Row-normalised confusion matrix (rows = truth): where each class's pixels went.
+    """Row-normalised confusion matrix (rows = truth): where each class's pixels went (see confusion_figure)."""
+    plt = _pyplot()
+    fig = confusion_figure(cm, codes)
+    savefig(fig, path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_figure(cm, codes: list[str]):
+    """The row-normalised confusion matrix as a matplotlib figure, class names on both axes.
 
     With more than MAX_CLASSES_SHOWN classes, the ones with the most pixels are drawn and the others summed
     (`top_classes`), so the figure stays readable (and under 2,500 px) from 2 to hundreds of classes.
@@ -149,9 +163,7 @@ def plot_confusion(cm, codes: list[str], path: str | Path) -> Path:
     shown = "" if not codes[-1].endswith("other classes") else f", the {n - 1} largest classes"
     ax.set_title(f"confusion matrix (row-normalised{shown})")
     fig.tight_layout()
-    savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def _cell_values(ax, rows: np.ndarray) -> None:

@@ -209,14 +209,21 @@ def recipes_show(recipe: Annotated[Path, typer.Argument(help="Recipe file")], se
 def runs(
     folder: Annotated[Path, typer.Argument(help="Folder holding run directories")] = Path("runs"),
     sort: Annotated[str, typer.Option(help=f"Column to sort by: {', '.join(RUN_COLUMNS)}")] = "miou",
+    html: Annotated[
+        Path | None, typer.Option(help="Also write the table as an HTML page linking to each run's report.html")
+    ] = None,
 ):
     """The experiment log: one row per finished run under FOLDER, best first.
 
-    Example: trash runs runs --sort seconds
+    Example: trash runs runs --sort seconds --html runs/index.html
     """
     from app.runs import list_runs, sort_runs
 
     rows = sort_runs(list_runs(folder), sort)
+    if html:
+        from app.report.build import write_runs_page
+
+        typer.echo(f"page       {write_runs_page(folder, rows, html)}")
     typer.echo("  ".join(f"{c:>8s}" if c in ("fold", "miou", "epochs", "seconds") else f"{c:16s}" for c in RUN_COLUMNS))
     for r in rows:
         miou = "-" if r["miou"] is None else f"{r['miou']:.4f}"

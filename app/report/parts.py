@@ -1,0 +1,133 @@
+"""Sections that the run, fold-group and comparison pages share: the class table, the image gallery, the
+list of every validation image's score, the weakest-classes summary."""
+
+import numpy as np
+
+from app.plots import palette
+from app.report import page
+from app.report.page import Raw, bar, esc, number
+from app.report.rundata import image_scores
+from app.report.thumbs import Pick, strip
+
+PICKS = 12  # worst and best images shown
+MAX_LISTED = 2000  # validation images listed with their score (text only: about 150 bytes each)
+
+
+def weakest(rows: list[dict], k: int = 3) -> str:
+    """One sentence naming the k classes with the lowest IoU and where their pixels went."""
+    scored = sorted((r for r in rows if r["id"] > 0 and r["iou"] is not None), key=lambda r: r["iou"])[:k]
+    if not scored:
+        return ""
+    parts = [
+        f"<b>{esc(r['name'])}</b> (IoU {number(r['iou'], 3)}"
+        + (f"; its pixels go to {esc(r['confused_with'])}" if r["confused_with"] else "")
+        + ")"
+        for r in scored
+    ]
+    return f"<p>Weakest classes: {'; '.join(parts)}.</p>"
+
+
+def class_table(rows: list[dict], title: str = "Per-class results") -> str:
+    """IoU, pixel shares, precision, recall and the main confusion per class, worst IoU first."""
+    order = sorted(rows, key=lambda r: (r["iou"] is None, r["iou"] if r["iou"] is not None else 0))
+    top_share = max([r["valid_share"] for r in rows if r["id"] > 0] + [1e-9])
+    body = [
+        (
+            r["id"],
+            r["name"],
+            bar(r["iou"], number(r["iou"]), bad=r["iou"] is not None and r["iou"] < 0.3),
+            _share(r["train_share"], top_share),
+            _share(r["valid_share"], top_share),
+            bar(r["precision"], number(r["precision"], 3)),
+            bar(r["recall"], number(r["recall"], 3)),
+            r["confused_with"],
+        )
+        for r in order
+    ]
+    headers = (
+        "id",
+        "class",
+        "IoU",
+        "train pixels",
+        "valid pixels",
+        "precision",
+        "recall",
+        "true pixels mostly predicted as",
+    )
+    sub = (
+        "Sorted by IoU, worst first; red bars: IoU under 0.3. Pixel shares are of all labelled pixels (bars scaled to "
+        "the largest non-background class); precision and recall per pixel; the last column is where the class's "
+        "true pixels went most often, when not to itself."
+    )
+    return page.section(title, weakest(rows), page.table(headers, body, numeric=(True,)), anchor="classes", sub=sub)
+
+
+def _share(value: float | None, top: float) -> Raw:
+    if value is None:
+        return Raw("–")
+    return bar(min(value, top), f"{100 * value:.2f}%", scale=top)
+
+
+def picks(per_image: dict[str, np.ndarray], classes: list[str], label: str = "") -> list[Pick]:
+    """Every validation image with its mIoU and a note naming its worst classes (those in its truth)."""
+    miou, iou = image_scores(per_image)
+    truth = per_image["truth"]
+    out = []
+    for k, (image, mask) in enumerate(zip(per_image["image"].tolist(), per_image["mask"].tolist())):
+        present = [c for c in np.argsort(np.nan_to_num(iou[k], nan=2.0)) if truth[k, c] > 0 and c > 0][:3]
+        note = ", ".join(f"{classes[c]} {iou[k, c]:.2f}" for c in present)
+        prediction = per_image["prediction"][k] if "prediction" in per_image else None
+        out.append(Pick(image, mask, float(miou[k]), note, label, prediction))
+    return out
+
+
+def gallery(title: str, chosen: list[Pick], classes: list[str], sub: str = "") -> str:
+    """Cards of image | ground truth | prediction with the image id and score, and one legend above them."""
+    colours = palette(len(classes))
+    cards, shown, lost = [], set(), []
+    for p in chosen:
+        rgb, ids = strip(p, colours)
+        if rgb is None:
+            lost.append(p.image)
+            continue
+        shown |= ids
+        caption = f"<b>mIoU {p.score:.3f}</b> {esc(p.label)} · {esc(_short(p.image))}"
+        caption += f"<br>worst classes here: {esc(p.note)}" if p.note else ""
+        cards.append(f'<div class="card">{page.img(page.jpeg_uri(rgb), p.image, css="thumb")}<p>{caption}</p></div>')
+    note = f'<p class="note">{len(lost)} image(s) no longer found, e.g. {esc(lost[0])}</p>' if lost else ""
+    head = "<p class=sub>Each card: image | ground truth | prediction.</p>" + page.legend(
+        classes, colours, sorted(shown)
+    )
+    return page.section(title, head, f'<div class="cards">{"".join(cards)}</div>', note, sub=sub)
+
+
+def worst_and_best(all_picks: list[Pick], classes: list[str], what: str) -> str:
+    order = sorted(all_picks, key=lambda p: p.score)
+    worst = order[:PICKS]
+    best = [p for p in order[::-1][:PICKS] if p not in worst]
+    sub = f"{len(order)} {what} images scored by their own mIoU (over the classes in their truth or prediction)."
+    return gallery(f"The {len(worst)} worst {what} images", worst, classes, sub) + gallery(
+        f"The {len(best)} best {what} images", best, classes
+    )
+
+
+def score_list(all_picks: list[Pick]) -> str:
+    """Every validation image's score, worst first, folded away (a <details> element: no script)."""
+    order = sorted(all_picks, key=lambda p: p.score)[:MAX_LISTED]
+    rows = [(f"{p.score:.4f}", p.label, _short(p.image), p.note) for p in order]
+    more = f" (the {MAX_LISTED} worst)" if len(all_picks) > MAX_LISTED else ""
+    table = page.table(("mIoU", "", "image", "worst classes in it (IoU)"), rows, numeric=(True,))
+    return page.section(
+        "Every validation image",
+        f"<details><summary>{len(order)} images{more}, worst first (click to open)</summary>{table}</details>",
+    )
+
+
+def _short(path: str) -> str:
+    """The last two parts of an image path (its folder and name): enough to find it, short enough to read."""
+    parts = str(path).replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def missing_note(what: str) -> str:
+    return f'<p class="note">{esc(what)}</p>'
