@@ -24,6 +24,8 @@ def _stage_lines(ax, rows: list[dict]) -> None:
 
 def curves_figure(runs: dict[str, list[dict]]):
     """Loss (train solid, valid dashed), validation mIoU and learning rate per epoch; one colour per run."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     fig, (loss_ax, iou_ax, lr_ax) = plt.subplots(1, 3, figsize=(13.5, 3.6))
     for k, (label, rows) in enumerate(runs.items()):
@@ -40,6 +42,7 @@ def curves_figure(runs: dict[str, list[dict]]):
     for ax, title in ((loss_ax, "loss"), (iou_ax, "validation mIoU"), (lr_ax, "learning rate (end of epoch)")):
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     if len(runs) > 1:
@@ -54,7 +57,7 @@ def class_iou_heatmap(rows: list[dict], classes: list[str]):
     plt = pyplot()
     values = np.array([[num(r.get(f"iou_{c}")) for r in rows] for c in classes])
     epochs = [int(r["epoch"]) for r in rows]
-    width = min(13.5, 3.5 + 0.35 * len(epochs))
+    width = min(13.5, 6.0 + 0.35 * len(epochs))
     fig, ax = plt.subplots(figsize=(width, 1.2 + 0.26 * len(classes)))
     shown = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
@@ -67,7 +70,7 @@ def class_iou_heatmap(rows: list[dict], classes: list[str]):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
     fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.01, label="IoU")
-    ax.set_title("per-class validation IoU per epoch (grey: class absent from truth and prediction)", fontsize=10)
+    ax.set_title("validation IoU per class and epoch", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -34,7 +34,7 @@ th{background:#eef2f7;position:sticky;top:0}td.n{text-align:right;font-variant-n
 .pos{color:#18794e}.neg{color:#c0392b}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px}
 img.fig{max-width:100%;height:auto}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:10px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:10px}
 .card{border:1px solid #dde3ec;border-radius:6px;padding:6px;background:#fafbfd}
 .card img{width:100%;height:auto;display:block}.card p{margin:4px 0 0;font-size:12px;word-break:break-all}
 .legend{display:flex;flex-wrap:wrap;gap:4px 14px;margin:6px 0 10px;font-size:12px}

@@ -103,8 +103,8 @@ def gallery(title: str, chosen: list[Pick], classes: list[str], sub: str = "") -
 
 def worst_and_best(all_picks: list[Pick], classes: list[str], what: str) -> str:
     order = sorted(all_picks, key=lambda p: p.score)
-    worst = order[:PICKS]
-    best = [p for p in order[::-1][:PICKS] if p not in worst]
+    shown = min(PICKS, -(-len(order) // 2))  # a small validation set: its worse half, then its better half
+    worst, best = order[:shown], order[shown:][::-1][:PICKS]
     sub = f"{len(order)} {what} images scored by their own mIoU (over the classes in their truth or prediction)."
     return gallery(f"The {len(worst)} worst {what} images", worst, classes, sub) + gallery(
         f"The {len(best)} best {what} images", best, classes

@@ -35,7 +35,7 @@ def header(run: RunData) -> str:
         ("validation mIoU", number(m.get("miou"))),
         ("mean per-image mIoU", number(m.get("miou_per_image"))),
         ("pixel accuracy", number(m.get("pixel_accuracy"))),
-        ("best epoch", f"{m.get('best_epoch', '–')} of {m.get('epochs', '–')}"),
+        ("best epoch (from 0)", f"{m.get('best_epoch', '–')} of {m.get('epochs', '–')}"),
         ("train / valid images", f"{r.get('images', {}).get('train', '–')} / {r.get('images', {}).get('valid', '–')}"),
         ("wall time", _duration(m.get("train_seconds"))),
         ("CPU time", _duration(m.get("cpu_seconds"))),
@@ -49,7 +49,10 @@ def training(run: RunData) -> str:
         return page.section("Training", missing_note("history.csv is missing"))
     curves = page.img(page.figure_uri(curves_figure({run.name: run.history})), "loss, mIoU and learning rate")
     heat = page.img(page.figure_uri(class_iou_heatmap(run.history, run.classes)), "per-class IoU per epoch")
-    sub = "Dashed vertical lines: a new stage (progressive resizing or unfrozen encoder)."
+    sub = (
+        "Dashed vertical lines: a new stage (progressive resizing or unfrozen encoder). In the heat map, grey: the "
+        "class was absent from truth and prediction that epoch."
+    )
     return page.section("Training", curves, "<h3>Per-class IoU over epochs</h3>", heat, anchor="training", sub=sub)
 
 

@@ -93,7 +93,8 @@ def open_page(page: Path, width: int = 1400, height: int = 1000, timeout: float 
 def _attach(socket) -> _Session:
     socket.send(json.dumps({"id": 1, "method": "Target.createTarget", "params": {"url": "about:blank"}}))
     target = _reply(socket, 1)["targetId"]
-    socket.send(json.dumps({"id": 2, "method": "Target.attachToTarget", "params": {"targetId": target, "flatten": True}}))
+    attach = {"targetId": target, "flatten": True}
+    socket.send(json.dumps({"id": 2, "method": "Target.attachToTarget", "params": attach}))
     return _Session(socket, _reply(socket, 2)["sessionId"])
 
 
