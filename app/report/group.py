@@ -5,7 +5,7 @@ import numpy as np
 from app.report import page
 from app.report.figures import curves_figure
 from app.report.page import esc, number
-from app.report.parts import class_table, picks, score_list, worst_and_best
+from app.report.parts import class_table, picks, score_list, weak_class_images, worst_and_best
 from app.report.rundata import RunData
 from app.report.rundata import class_table as class_rows
 
@@ -17,6 +17,7 @@ def group_page(path, summary: dict, runs: list[RunData]) -> str:
         _header(path, summary, runs),
         _fold_table(runs),
         class_table(class_rows(oof), "Per-class out-of-fold results"),
+        _weak(oof, runs),
         page.section(
             "Training of each fold",
             page.img(page.figure_uri(curves_figure({r.path.name: r.history for r in runs if r.history})), "curves"),
@@ -64,6 +65,15 @@ def _fold_table(runs: list[RunData]) -> str:
     ]
     headers = ("fold", "mIoU", "per-image mIoU", "best epoch", "train images", "valid images", "seconds")
     return page.section("Folds", page.table(headers, rows, numeric=(False, True, True, True, True, True, True)))
+
+
+def _weak(oof: RunData, runs: list[RunData]) -> str:
+    """The weakest classes' images across the folds (their per-image arrays end to end)."""
+    arrays = [r.per_image for r in runs if r.per_image is not None]
+    if len(arrays) != len(runs) or any(set(a) != set(arrays[0]) for a in arrays):
+        return ""
+    merged = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+    return weak_class_images(class_rows(oof), merged, oof.classes)
 
 
 def _images(runs: list[RunData]) -> list[str]:

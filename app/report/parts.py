@@ -1,6 +1,8 @@
 """Sections that the run, fold-group and comparison pages share: the class table, the image gallery, the
 list of every validation image's score, the weakest-classes summary."""
 
+from dataclasses import replace
+
 import numpy as np
 
 from app.plots import palette
@@ -10,6 +12,7 @@ from app.report.rundata import image_scores
 from app.report.thumbs import Pick, strip
 
 PICKS = 12  # worst and best images shown
+PER_CLASS = 4  # images shown for each of the weakest classes
 MAX_LISTED = 2000  # validation images listed with their score (text only: about 150 bytes each)
 
 
@@ -75,30 +78,32 @@ def picks(per_image: dict[str, np.ndarray], classes: list[str], label: str = "")
     out = []
     for k, (image, mask) in enumerate(zip(per_image["image"].tolist(), per_image["mask"].tolist())):
         present = [c for c in np.argsort(np.nan_to_num(iou[k], nan=2.0)) if truth[k, c] > 0 and c > 0][:3]
-        note = ", ".join(f"{classes[c]} {iou[k, c]:.2f}" for c in present)
+        note = "worst classes here: " + ", ".join(f"{classes[c]} {iou[k, c]:.2f}" for c in present) if present else ""
         prediction = per_image["prediction"][k] if "prediction" in per_image else None
         out.append(Pick(image, mask, float(miou[k]), note, label, prediction))
     return out
 
 
-def gallery(title: str, chosen: list[Pick], classes: list[str], sub: str = "") -> str:
-    """Cards of image | ground truth | prediction with the image id and score, and one legend above them."""
+def gallery(title: str, groups: list[tuple[str, list[Pick]]], classes: list[str], sub: str = "") -> str:
+    """Cards of image | ground truth | prediction with the image id, score and note, under one legend; `groups`
+    are (heading HTML, picks), the heading "" for none."""
     colours = palette(len(classes))
-    cards, shown, lost = [], set(), []
-    for p in chosen:
-        rgb, ids = strip(p, colours)
-        if rgb is None:
-            lost.append(p.image)
-            continue
-        shown |= ids
-        caption = f"<b>mIoU {p.score:.3f}</b> {esc(p.label)} · {esc(_short(p.image))}"
-        caption += f"<br>worst classes here: {esc(p.note)}" if p.note else ""
-        cards.append(f'<div class="card">{page.img(page.jpeg_uri(rgb), p.image, css="thumb")}<p>{caption}</p></div>')
+    parts, shown, lost = [], set(), []
+    for heading, chosen in groups:
+        cards = [(p, *strip(p, colours)) for p in chosen]
+        lost += [p.image for p, rgb, _ in cards if rgb is None]
+        shown |= {i for _, _, ids in cards for i in ids}
+        html = "".join(_card(p, rgb) for p, rgb, _ in cards if rgb is not None)
+        parts.append((f"<h3>{heading}</h3>" if heading else "") + f'<div class="cards">{html}</div>')
     note = f'<p class="note">{len(lost)} image(s) no longer found, e.g. {esc(lost[0])}</p>' if lost else ""
-    head = "<p class=sub>Each card: image | ground truth | prediction.</p>" + page.legend(
-        classes, colours, sorted(shown)
-    )
-    return page.section(title, head, f'<div class="cards">{"".join(cards)}</div>', note, sub=sub)
+    head = "<p class=sub>Each card: image | ground truth | prediction.</p>"
+    return page.section(title, head, page.legend(classes, colours, sorted(shown)), *parts, note, sub=sub)
+
+
+def _card(p: Pick, rgb: np.ndarray) -> str:
+    caption = f"<b>mIoU {p.score:.3f}</b> {esc(p.label)} · {esc(_short(p.image))}"
+    caption += f"<br>{esc(p.note)}" if p.note else ""
+    return f'<div class="card">{page.img(page.jpeg_uri(rgb), p.image, css="thumb")}<p>{caption}</p></div>'
 
 
 def worst_and_best(all_picks: list[Pick], classes: list[str], what: str) -> str:
@@ -106,9 +111,35 @@ def worst_and_best(all_picks: list[Pick], classes: list[str], what: str) -> str:
     shown = min(PICKS, -(-len(order) // 2))  # a small validation set: its worse half, then its better half
     worst, best = order[:shown], order[shown:][::-1][:PICKS]
     sub = f"{len(order)} {what} images scored by their own mIoU (over the classes in their truth or prediction)."
-    return gallery(f"The {len(worst)} worst {what} images", worst, classes, sub) + gallery(
-        f"The {len(best)} best {what} images", best, classes
+    return gallery(f"The {len(worst)} worst {what} images", [("", worst)], classes, sub) + gallery(
+        f"The {len(best)} best {what} images", [("", best)], classes
     )
+
+
+def weak_class_images(rows: list[dict], per_image: dict[str, np.ndarray], classes: list[str], k: int = 3) -> str:
+    """For each of the k weakest classes, the images holding most of its pixels where its IoU is lowest."""
+    _, iou = image_scores(per_image)
+    all_picks = picks(per_image, classes)
+    weak = sorted((r for r in rows if r["id"] > 0 and r["iou"] is not None), key=lambda r: r["iou"])[:k]
+    groups = []
+    for r in weak:
+        c, truth = r["id"], per_image["truth"]
+        holding = [i for i in np.argsort(-truth[:, c], kind="stable") if truth[i, c] > 0]
+        chosen = sorted(holding[: PER_CLASS * 3], key=lambda i: np.nan_to_num(iou[i, c]))[:PER_CLASS]
+        cards = [
+            replace(all_picks[i], note=f"{r['name']} here: IoU {np.nan_to_num(iou[i, c]):.2f}, "
+                    f"{100 * truth[i, c] / max(truth[i].sum(), 1):.1f}% of the image")
+            for i in chosen
+        ]  # fmt: skip
+        where = f", its pixels mostly go to {r['confused_with']}" if r["confused_with"] else ""
+        groups.append((f"{esc(r['name'])} (IoU {number(r['iou'], 3)}{esc(where)})", cards))
+    if not any(cards for _, cards in groups):
+        return ""
+    sub = (
+        f"For each of the {len(weak)} classes with the lowest IoU: the validation images with the most of its pixels "
+        "where it scores worst."
+    )
+    return gallery("Where the weakest classes fail", groups, classes, sub)
 
 
 def score_list(all_picks: list[Pick]) -> str:

@@ -7,7 +7,7 @@ from app.plots import confusion_figure
 from app.report import page
 from app.report.figures import class_iou_heatmap, class_weights_figure, curves_figure
 from app.report.page import esc, number
-from app.report.parts import class_table, missing_note, picks, score_list, worst_and_best
+from app.report.parts import class_table, missing_note, picks, score_list, weak_class_images, worst_and_best
 from app.report.rundata import RunData, changed_values
 from app.report.rundata import class_table as class_rows
 from app.runs import PER_IMAGE
@@ -19,9 +19,9 @@ def run_page(run: RunData) -> str:
     body = [
         header(run),
         class_table(rows),
-        training(run),
         confusion(run),
         *images(run),
+        training(run),
         setup(run),
         extras(run),
     ]
@@ -66,7 +66,8 @@ def images(run: RunData) -> list[str]:
     if run.per_image is None:
         return [page.section("Validation images", missing_note(f"this run has no {PER_IMAGE} (trained before it)"))]
     chosen = picks(run.per_image, run.classes)
-    return [worst_and_best(chosen, run.classes, "validation"), score_list(chosen)]
+    weak = weak_class_images(class_rows(run), run.per_image, run.classes)
+    return [weak, worst_and_best(chosen, run.classes, "validation"), score_list(chosen)]
 
 
 def setup(run: RunData) -> str:
