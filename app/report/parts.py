@@ -77,6 +77,8 @@ def picks(per_image: dict[str, np.ndarray], classes: list[str], label: str = "")
     truth = per_image["truth"]
     out = []
     for k, (image, mask) in enumerate(zip(per_image["image"].tolist(), per_image["mask"].tolist())):
+        if not np.isfinite(miou[k]):
+            continue  # no labelled pixel: nothing to score
         present = [c for c in np.argsort(np.nan_to_num(iou[k], nan=2.0)) if truth[k, c] > 0 and c > 0][:3]
         note = "worst classes here: " + ", ".join(f"{classes[c]} {iou[k, c]:.2f}" for c in present) if present else ""
         prediction = per_image["prediction"][k] if "prediction" in per_image else None
@@ -119,18 +121,17 @@ def worst_and_best(all_picks: list[Pick], classes: list[str], what: str) -> str:
 def weak_class_images(rows: list[dict], per_image: dict[str, np.ndarray], classes: list[str], k: int = 3) -> str:
     """For each of the k weakest classes, the images holding most of its pixels where its IoU is lowest."""
     _, iou = image_scores(per_image)
-    all_picks = picks(per_image, classes)
+    by_image = {p.image: p for p in picks(per_image, classes)}
     weak = sorted((r for r in rows if r["id"] > 0 and r["iou"] is not None), key=lambda r: r["iou"])[:k]
     groups = []
     for r in weak:
         c, truth = r["id"], per_image["truth"]
         holding = [i for i in np.argsort(-truth[:, c], kind="stable") if truth[i, c] > 0]
         chosen = sorted(holding[: PER_CLASS * 3], key=lambda i: np.nan_to_num(iou[i, c]))[:PER_CLASS]
-        cards = [
-            replace(all_picks[i], note=f"{r['name']} here: IoU {np.nan_to_num(iou[i, c]):.2f}, "
-                    f"{100 * truth[i, c] / max(truth[i].sum(), 1):.1f}% of the image")
-            for i in chosen
-        ]  # fmt: skip
+        cards = []
+        for i in chosen:
+            note = f"{r['name']} here: IoU {np.nan_to_num(iou[i, c]):.2f}, {100 * truth[i, c] / truth[i].sum():.1f}% of it"
+            cards.append(replace(by_image[str(per_image["image"][i])], note=note))
         where = f", its pixels mostly go to {r['confused_with']}" if r["confused_with"] else ""
         groups.append((f"{esc(r['name'])} (IoU {number(r['iou'], 3)}{esc(where)})", cards))
     if not any(cards for _, cards in groups):

@@ -120,14 +120,15 @@ def _plain(value):
 
 
 def image_scores(per_image: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(mIoU per image over the classes in its truth or prediction, (images x classes) IoU, NaN where absent)."""
+    """(mIoU per image over the classes in its truth or prediction, as `trash evaluate`'s miou_per_image
+    averages them; (images x classes) IoU, NaN where a class is absent from both)."""
     both, truth, pred = (per_image[k].astype(np.float64) for k in ("both", "truth", "pred"))
     union = truth + pred - both
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, both / union, np.nan)
     present = np.isfinite(iou)
     miou = np.where(present.any(1), np.nansum(np.nan_to_num(iou), 1) / np.maximum(present.sum(1), 1), 0.0)
-    return miou, iou
+    return np.where(truth.sum(1) > 0, miou, np.nan), iou  # an image without a labelled pixel has no score
 
 
 def class_table(run: RunData) -> list[dict]:
