@@ -130,7 +130,8 @@ def weak_class_images(rows: list[dict], per_image: dict[str, np.ndarray], classe
         chosen = sorted(holding[: PER_CLASS * 3], key=lambda i: np.nan_to_num(iou[i, c]))[:PER_CLASS]
         cards = []
         for i in chosen:
-            note = f"{r['name']} here: IoU {np.nan_to_num(iou[i, c]):.2f}, {100 * truth[i, c] / truth[i].sum():.1f}% of it"
+            share = 100 * truth[i, c] / truth[i].sum()
+            note = f"{r['name']} here: IoU {np.nan_to_num(iou[i, c]):.2f}, {share:.1f}% of the image"
             cards.append(replace(by_image[str(per_image["image"][i])], note=note))
         where = f", its pixels mostly go to {r['confused_with']}" if r["confused_with"] else ""
         groups.append((f"{esc(r['name'])} (IoU {number(r['iou'], 3)}{esc(where)})", cards))
