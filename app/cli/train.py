@@ -12,7 +12,7 @@ import typer
 from app.cli.base import app, friendly, progress
 from app.cli.options import OutOption, SetOption
 from app.errors import TrashError
-from app.runs import FOLDS, RESOLVED, RUN_COLUMNS, SUMMARY
+from app.runs import FOLDS, REPORT, RESOLVED, RUN_COLUMNS, SUMMARY
 
 Fold = Annotated[
     str | None, typer.Option(help="Fold K of the recipe's data.split (same as --set data.fold=K), or 'all'")
@@ -137,6 +137,7 @@ def _print_group(group: Path) -> None:
         typer.echo(f"{name:10s} validation mIoU {miou:.4f}  ({group / name})")
     typer.echo(f"out-of-fold mIoU {summary['oof']['miou']:.4f}  (mean of folds {summary['mean_fold_miou']:.4f})")
     typer.echo(f"group      {group}")
+    _print_report(group)
 
 
 def _print_run(run: Path) -> None:
@@ -147,6 +148,12 @@ def _print_run(run: Path) -> None:
     typer.echo(f"model      {run / 'export.pkl'}")
     typer.echo(f"metrics    {run / 'metrics.json'}  (validation mIoU {metrics['miou']:.4f})")
     typer.echo(f"history    {run / 'history.csv'}  (plots: curves.png, confusion.png)")
+    _print_report(run)
+
+
+def _print_report(run: Path) -> None:
+    if (run / REPORT).is_file():
+        typer.echo(f"report     {run / REPORT}  (open it in a browser)")
 
 
 @app.command("lr-find", short_help="Plot loss vs learning rate.  e.g. trash lr-find recipes/demo.py")
