@@ -16,9 +16,15 @@ PER_CLASS = 4  # images shown for each of the weakest classes
 MAX_LISTED = 2000  # validation images listed with their score (text only: about 150 bytes each)
 
 
+def weakest_rows(rows: list[dict], k: int = 3) -> list[dict]:
+    """The k classes (background aside) with the lowest IoU among those in the validation truth."""
+    present = [r for r in rows if r["id"] > 0 and r["iou"] is not None and r["valid_share"] > 0]
+    return sorted(present, key=lambda r: r["iou"])[:k]
+
+
 def weakest(rows: list[dict], k: int = 3) -> str:
     """One sentence naming the k classes with the lowest IoU and where their pixels went."""
-    scored = sorted((r for r in rows if r["id"] > 0 and r["iou"] is not None), key=lambda r: r["iou"])[:k]
+    scored = weakest_rows(rows, k)
     if not scored:
         return ""
     parts = [
@@ -27,7 +33,9 @@ def weakest(rows: list[dict], k: int = 3) -> str:
         + ")"
         for r in scored
     ]
-    return f"<p>Weakest classes: {'; '.join(parts)}.</p>"
+    absent = [r["name"] for r in rows if r["id"] > 0 and r["valid_share"] == 0]
+    more = f" Absent from the validation truth: {esc(', '.join(absent))} (IoU 0 where predicted anyway)."
+    return f"<p>Weakest classes: {'; '.join(parts)}.{more if absent else ''}</p>"
 
 
 def class_table(rows: list[dict], title: str = "Per-class results") -> str:
@@ -68,7 +76,8 @@ def class_table(rows: list[dict], title: str = "Per-class results") -> str:
 def _share(value: float | None, top: float) -> Raw:
     if value is None:
         return Raw("–")
-    return bar(min(value, top), f"{100 * value:.2f}%", scale=top)
+    text = "0" if value == 0 else "<0.01%" if value < 1e-4 else f"{100 * value:.2f}%"
+    return bar(min(value, top), text, scale=top)
 
 
 def picks(per_image: dict[str, np.ndarray], classes: list[str], label: str = "") -> list[Pick]:
@@ -122,7 +131,7 @@ def weak_class_images(rows: list[dict], per_image: dict[str, np.ndarray], classe
     """For each of the k weakest classes, the images holding most of its pixels where its IoU is lowest."""
     _, iou = image_scores(per_image)
     by_image = {p.image: p for p in picks(per_image, classes)}
-    weak = sorted((r for r in rows if r["id"] > 0 and r["iou"] is not None), key=lambda r: r["iou"])[:k]
+    weak = weakest_rows(rows, k)
     groups = []
     for r in weak:
         c, truth = r["id"], per_image["truth"]

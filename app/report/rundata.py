@@ -161,7 +161,10 @@ def _confused_with(cm: np.ndarray, i: int, names: list[str]) -> str:
     row = cm[i].copy()
     total = row.sum()
     row[i] = 0
-    if total <= 0 or row.max() <= 0:
+    if total <= 0:
+        predicted = int(cm[:, i].sum())
+        return f"(not in the validation truth; predicted on {predicted:,} px)" if predicted else "(not in validation)"
+    if row.max() <= 0:
         return ""
     j = int(row.argmax())
     return f"{names[j]} {100 * row[j] / total:.0f}%"
