@@ -89,7 +89,11 @@ def picks(per_image: dict[str, np.ndarray], classes: list[str], label: str = "")
         if not np.isfinite(miou[k]):
             continue  # no labelled pixel: nothing to score
         present = [c for c in np.argsort(np.nan_to_num(iou[k], nan=2.0)) if truth[k, c] > 0 and c > 0][:3]
-        note = "worst classes here: " + ", ".join(f"{classes[c]} {iou[k, c]:.2f}" for c in present) if present else ""
+        note = (
+            "classes here, worst first: " + ", ".join(f"{classes[c]} {iou[k, c]:.2f}" for c in present)
+            if present
+            else ""
+        )
         prediction = per_image["prediction"][k] if "prediction" in per_image else None
         out.append(Pick(image, mask, float(miou[k]), note, label, prediction))
     return out
@@ -158,7 +162,7 @@ def score_list(all_picks: list[Pick]) -> str:
     order = sorted(all_picks, key=lambda p: p.score)[:MAX_LISTED]
     rows = [(f"{p.score:.4f}", p.label, _short(p.image), p.note) for p in order]
     more = f" (the {MAX_LISTED} worst)" if len(all_picks) > MAX_LISTED else ""
-    table = page.table(("mIoU", "", "image", "worst classes in it (IoU)"), rows, numeric=(True,))
+    table = page.table(("mIoU", "", "image", "classes in it, worst IoU first"), rows, numeric=(True,))
     return page.section(
         "Every validation image",
         f"<details><summary>{len(order)} images{more}, worst first (click to open)</summary>{table}</details>",
