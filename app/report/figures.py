@@ -6,7 +6,7 @@ The confusion matrix is app.plots.confusion_figure, the one `trash fit` writes a
 
 import numpy as np
 
-from app.plots import pyplot
+from app.plots import MAX_CLASSES_SHOWN, pyplot
 
 
 def num(value) -> float:
@@ -55,7 +55,12 @@ def curves_figure(runs: dict[str, list[dict]]):
 def class_iou_heatmap(rows: list[dict], classes: list[str]):
     """Per-class validation IoU (rows, background first) over epochs (columns); blank where a class is absent."""
     plt = pyplot()
-    values = np.array([[num(r.get(f"iou_{c}")) for r in rows] for c in classes])
+    values = np.array([[num(r.get(f"iou_{c}")) for r in rows] for c in classes]).reshape(len(classes), len(rows))
+    title = "validation IoU per class and epoch"
+    if len(classes) > MAX_CLASSES_SHOWN + 1:  # the classes scored in the most epochs (ties: the first ones)
+        keep = sorted(np.argsort(-np.isfinite(values).sum(1), kind="stable")[:MAX_CLASSES_SHOWN])
+        title += f" ({MAX_CLASSES_SHOWN} of {len(classes)} classes: those scored in the most epochs)"
+        values, classes = values[keep], [classes[i] for i in keep]
     epochs = [int(r["epoch"]) for r in rows]
     width = min(13.5, 6.0 + 0.35 * len(epochs))
     fig, ax = plt.subplots(figsize=(width, 1.2 + 0.26 * len(classes)))
@@ -70,7 +75,7 @@ def class_iou_heatmap(rows: list[dict], classes: list[str]):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
     fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.01, label="IoU")
-    ax.set_title("validation IoU per class and epoch", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
