@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 DEMO_RUN := runs/demo/latest
 
-.PHONY: install verify demo test bench lint clean
+.PHONY: install verify chromium demo test bench lint clean
 
 install: $(STAMP)
 
@@ -31,7 +31,17 @@ demo: verify
 	@echo "  masks        $(DEMO_RUN)/predictions/masks/"
 	@echo "  submission   $(DEMO_RUN)/predictions/submission.csv"
 
-test: verify
+# Headless Chromium for the report's browser tests (tests/report/test_browser.py); they skip, saying why,
+# where it cannot be installed (no apt-get, no root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ( command -v apt-get >/dev/null 2>&1 && \
+	    ( $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      ( $(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 ) ) ) || \
+	  echo "chromium could not be installed (apt-get install -y chromium): the report's browser tests will skip"
+
+test: verify chromium
 	$(BIN)/python -m pytest -q
 
 bench: verify

@@ -11,11 +11,22 @@ import numpy as np
 
 from app.atomic import savefig
 
+#: Kelly's colours of maximum contrast (K. Kelly, 1965), white and black left out, plus cyan and magenta: 22
+#: classes that stay apart side by side (hsv's evenly spaced hues put neighbours in near-identical colours)
+KELLY = (
+    "F3C300 875692 F38400 A1CAF1 BE0032 C2B280 848482 008856 E68FAC 0067A5 F99379 604E97 F6A600 B3446C "
+    "DCD300 882D17 8DB600 654522 E25822 2B3D26 00C8C8 FF00FF"
+).split()
+
 
 def palette(n_classes: int) -> np.ndarray:
-    """(n, 3) uint8 RGB colours: background black, classes from matplotlib's tab20 (then hsv beyond 20)."""
+    """(n, 3) uint8 RGB colours: background black, classes from matplotlib's tab20 up to 20 classes, Kelly's
+    22 colours up to 22, then hsv."""
     from matplotlib import colormaps
 
+    if 21 < n_classes <= len(KELLY) + 1:
+        colours = [(0, 0, 0)] + [tuple(int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)) for c in KELLY[: n_classes - 1]]
+        return (np.array(colours) * 255).round().astype(np.uint8)
     tab = colormaps["tab20"]
     colours = [tab(i % 20)[:3] if n_classes <= 21 else colormaps["hsv"](i / n_classes)[:3] for i in range(n_classes)]
     out = (np.array(colours) * 255).astype(np.uint8)
@@ -31,6 +42,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
     out[labelled] = (1 - alpha) * out[labelled] + alpha * colours[mask[labelled]]
     out[mask == (65535 if mask.dtype == np.uint16 else 255)] = 255
     return out.clip(0, 255).astype(np.uint8)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no screen needed)."""
+    return _pyplot()
 
 
 def _pyplot():
@@ -129,7 +145,16 @@ def top_classes(cm: np.ndarray, codes: list[str], k: int = MAX_CLASSES_SHOWN) ->
 
 
 def plot_confusion(cm, codes: list[str], path: str | Path) -> Path:
-    """Row-normalised confusion matrix (rows = truth): where each class's pixels went.
+    """Row-normalised confusion matrix (rows = truth): where each class's pixels went (see confusion_figure)."""
+    plt = _pyplot()
+    fig = confusion_figure(cm, codes)
+    savefig(fig, path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def confusion_figure(cm, codes: list[str]):
+    """The row-normalised confusion matrix as a matplotlib figure, class names on both axes.
 
     With more than MAX_CLASSES_SHOWN classes, the ones with the most pixels are drawn and the others summed
     (`top_classes`), so the figure stays readable (and under 2,500 px) from 2 to hundreds of classes.
@@ -149,9 +174,7 @@ def plot_confusion(cm, codes: list[str], path: str | Path) -> Path:
     shown = "" if not codes[-1].endswith("other classes") else f", the {n - 1} largest classes"
     ax.set_title(f"confusion matrix (row-normalised{shown})")
     fig.tight_layout()
-    savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def _cell_values(ax, rows: np.ndarray) -> None:

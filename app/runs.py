@@ -21,6 +21,8 @@ RESOLVED = "resolved.json"
 HISTORY = "history.csv"
 FOLDS = "folds.json"  # in a `--fold all` group: how to train (and resume) each fold
 SUMMARY = "summary.json"  # in a finished fold group
+PER_IMAGE = "per_image.npz"  # per validation image and class: pixels of truth, prediction and both (the report)
+REPORT = "report.html"  # the run's (or group's) page: app/report
 LATEST = "latest"
 RUN_COLUMNS = ("recipe", "fold", "miou", "epochs", "seconds", "data", "run")
 
@@ -78,6 +80,22 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "missing"
     return found
+
+
+def machine() -> dict[str, object]:
+    """Where a run trained: host, OS, CPU cores, Python and the accelerator (for its report)."""
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "host": platform.node(),
+        "system": platform.platform(terse=True),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "gpu": gpu,
+    }
 
 
 def list_runs(root: str | Path = "runs") -> list[dict]:

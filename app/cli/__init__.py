@@ -4,13 +4,14 @@
 - options: the options several commands share, declared once (the inference options become InferenceOptions);
 - data: demo-data, data check / masks / stats / split / show;
 - train: fit, lr-find, recipes, runs, models;
-- infer: predict, evaluate, ensemble, pseudo, export (ONNX).
+- infer: predict, evaluate, ensemble, pseudo, export (ONNX);
+- report: report (HTML pages of runs, groups, comparisons).
 
 Importing this package imports no torch or fastai: `trash --help` stays instant; command bodies import the
 library they call.
 """
 
-from app.cli import data, train, infer  # noqa: F401, I001  (each adds its commands to `app`)
+from app.cli import data, train, infer, report  # noqa: F401, I001  (each adds its commands to `app`)
 from app.cli.base import app
 
 

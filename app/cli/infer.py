@@ -65,7 +65,8 @@ def evaluate(
         typer.Option(help="Also score each model alone and the ensemble with these TTA sets, e.g. identity,flip,d4"),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Folder for evaluate.json, confusion.png, comparison.csv")
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for evaluate.json, confusion.png, comparison.csv and .html"),
     ] = None,
     options: InferenceOptions = InferenceOptions(),
 ):
@@ -87,6 +88,10 @@ def evaluate(
     _print_comparison(report.get("comparison", []))
     if out:
         typer.echo(f"report     {out / 'evaluate.json'}  (confusion.png{', comparison.csv' if compare else ''})")
+    if out and compare:
+        from app.report.build import write_evaluate_page
+
+        typer.echo(f"page       {write_evaluate_page(report, list(report['per_class_iou']), out / 'comparison.html')}")
 
 
 def _print_scores(report: dict) -> None:

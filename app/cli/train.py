@@ -12,7 +12,7 @@ import typer
 from app.cli.base import app, friendly, progress
 from app.cli.options import OutOption, SetOption
 from app.errors import TrashError
-from app.runs import FOLDS, RESOLVED, RUN_COLUMNS, SUMMARY
+from app.runs import FOLDS, REPORT, RESOLVED, RUN_COLUMNS, SUMMARY
 
 Fold = Annotated[
     str | None, typer.Option(help="Fold K of the recipe's data.split (same as --set data.fold=K), or 'all'")
@@ -137,6 +137,7 @@ def _print_group(group: Path) -> None:
         typer.echo(f"{name:10s} validation mIoU {miou:.4f}  ({group / name})")
     typer.echo(f"out-of-fold mIoU {summary['oof']['miou']:.4f}  (mean of folds {summary['mean_fold_miou']:.4f})")
     typer.echo(f"group      {group}")
+    _print_report(group)
 
 
 def _print_run(run: Path) -> None:
@@ -147,6 +148,12 @@ def _print_run(run: Path) -> None:
     typer.echo(f"model      {run / 'export.pkl'}")
     typer.echo(f"metrics    {run / 'metrics.json'}  (validation mIoU {metrics['miou']:.4f})")
     typer.echo(f"history    {run / 'history.csv'}  (plots: curves.png, confusion.png)")
+    _print_report(run)
+
+
+def _print_report(run: Path) -> None:
+    if (run / REPORT).is_file():
+        typer.echo(f"report     {run / REPORT}  (open it in a browser)")
 
 
 @app.command("lr-find", short_help="Plot loss vs learning rate.  e.g. trash lr-find recipes/demo.py")
@@ -209,14 +216,21 @@ def recipes_show(recipe: Annotated[Path, typer.Argument(help="Recipe file")], se
 def runs(
     folder: Annotated[Path, typer.Argument(help="Folder holding run directories")] = Path("runs"),
     sort: Annotated[str, typer.Option(help=f"Column to sort by: {', '.join(RUN_COLUMNS)}")] = "miou",
+    html: Annotated[
+        Path | None, typer.Option(help="Also write the table as an HTML page linking to each run's report.html")
+    ] = None,
 ):
     """The experiment log: one row per finished run under FOLDER, best first.
 
-    Example: trash runs runs --sort seconds
+    Example: trash runs runs --sort seconds --html runs/index.html
     """
     from app.runs import list_runs, sort_runs
 
     rows = sort_runs(list_runs(folder), sort)
+    if html:
+        from app.report.build import write_runs_page
+
+        typer.echo(f"page       {write_runs_page(folder, rows, html)}")
     typer.echo("  ".join(f"{c:>8s}" if c in ("fold", "miou", "epochs", "seconds") else f"{c:16s}" for c in RUN_COLUMNS))
     for r in rows:
         miou = "-" if r["miou"] is None else f"{r['miou']:.4f}"

@@ -58,11 +58,58 @@ class Scores:
         return out
 
 
-def _read_mask(path) -> torch.Tensor:
+def read_mask(path) -> np.ndarray:
+    """A mask PNG as it is (uint8 or uint16 class ids)."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise TrashError(f"ground-truth mask {path} cannot be read")
-    return torch.from_numpy(mask.astype(np.int64))
+    return mask
+
+
+def _read_mask(path) -> torch.Tensor:
+    return torch.from_numpy(read_mask(path).astype(np.int64))
+
+
+class PerImage:
+    """Per validation image: the pixels of truth, of prediction and of both per class (at the original size),
+    and the predicted mask at `shape` (the training size): per-image scores and pictures for the report
+    without predicting again."""
+
+    def __init__(self, valid: list, n_classes: int, ignore: int, shape: tuple[int, int]):
+        self.masks = {str(image): mask for image, mask in valid}
+        self.n, self.ignore, self.shape, self.rows = n_classes, ignore, tuple(shape), []
+
+    def add(self, pred) -> None:
+        mask = torch.from_numpy(read_mask(self.masks[pred.image_id]).astype(np.int64))
+        label = pred.probs.argmax(0)
+        cm = confusion_matrix(label, mask, self.n, self.ignore).numpy()
+        small = torch.nn.functional.interpolate(label[None, None].float(), size=self.shape, mode="nearest")[0, 0]
+        small = small.numpy().astype(np.uint8 if self.n <= 256 else np.uint16)
+        self.rows.append((pred.image_id, self.masks[pred.image_id], np.diag(cm), cm.sum(1), cm.sum(0), small))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """image, mask (paths); both, truth, pred (images x classes pixels); prediction (images x h x w)."""
+        columns = list(zip(*self.rows)) or [[], [], [], [], [], []]
+        out = {k: np.array([str(v) for v in c]) for k, c in zip(("image", "mask"), columns[:2])}
+        out.update(
+            {k: np.array(c, np.int64).reshape(-1, self.n) for k, c in zip(("both", "truth", "pred"), columns[2:5])}
+        )
+        out["prediction"] = (
+            np.array(columns[5], np.uint8).reshape(-1, *self.shape) if not self.rows else np.stack(columns[5])
+        )
+        return out
+
+    def truth_pixels(self) -> list[int]:
+        return [int(v) for v in np.sum([r[3] for r in self.rows], axis=0)] if self.rows else [0] * self.n
+
+
+def class_pixels(samples: list, n_classes: int) -> list[int]:
+    """Pixels per class over the masks of `samples` (the ignore value left out): the training pixel shares."""
+    counts = np.zeros(n_classes, np.int64)
+    for sample in samples:
+        values = read_mask(sample.mask).ravel()
+        counts += np.bincount(values[values < n_classes], minlength=n_classes)[:n_classes]
+    return [int(v) for v in counts]
 
 
 def _pairs(items: list[tuple[Path, Path]], root: str | Path | None) -> list[tuple[str, Path]]:

@@ -19,6 +19,7 @@ from app.atomic import write_json
 from app.errors import TrainingInterrupted, TrashError
 from app.model.metrics import iou_report
 from app.recipe import recipe_from_dict, resolve_paths
+from app.report.build import report_after_fit
 from app.runs import FOLDS, METRICS, RESOLVED, SUMMARY, copy_recipe, create_run_dir, point_latest
 from app.train import distributed
 from app.train.run import RESUME_HINT, fit, resume_run
@@ -105,6 +106,7 @@ def _fit_group(group: Path, parallel: int = 1) -> Path:
     runs = [_fit_fold(group, k) for k in range(spec["folds"])]  # with --parallel: all finished already
     if distributed.is_main():
         write_json(group / SUMMARY, group_summary(runs, recipe_from_dict(spec["recipe"]).name))
+        report_after_fit(group)
         if not spec["debug"]:
             point_latest(group)
     distributed.barrier()

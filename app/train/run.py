@@ -27,13 +27,25 @@ from app.data.items import Items, load_items
 from app.data.loaders import forget_training_items
 from app.errors import TrainingDiverged, TrainingInterrupted, TrashError
 from app.export import export_run
-from app.infer.evaluate import evaluate_items
+from app.infer.evaluate import PerImage, class_pixels, evaluate_items
 from app.model.encoders import count_parameters
 from app.model.norms import norm_warning
 from app.plots import plot_confusion, plot_history
 from app.progress import bar
 from app.recipe import Recipe, recipe_from_dict, resolve_paths
-from app.runs import FOLDS, HISTORY, METRICS, RESOLVED, copy_recipe, create_run_dir, package_versions, point_latest
+from app.report.build import report_after_fit
+from app.runs import (
+    FOLDS,
+    HISTORY,
+    METRICS,
+    PER_IMAGE,
+    RESOLVED,
+    copy_recipe,
+    create_run_dir,
+    machine,
+    package_versions,
+    point_latest,
+)
 from app.train import checkpoint as ckpt
 from app.train import distributed
 from app.train.budget import process_cpu_seconds
@@ -114,6 +126,7 @@ def _resolved(recipe: Recipe, items: Items, learn, overrides, debug: bool, notes
         "images": {"train": len(items.train), "valid": len(items.valid)},
         "distributed": distributed_report(recipe),
         "versions": package_versions(),
+        "machine": machine(),
     }
 
 
@@ -252,6 +265,7 @@ def _finish(recipe: Recipe, items: Items, learn, started: float) -> Path:
     export_run(learn, recipe, run)
     write_metrics(learn, recipe, items, run, time.time() - started)
     ckpt.remove_checkpoints(run)
+    report_after_fit(run)  # report.html; a failure only warns
     distributed.barrier()
     return run
 
@@ -276,19 +290,24 @@ def write_metrics(learn, recipe: Recipe, items: Items, run: Path, seconds: float
     """metrics.json, out-of-fold probabilities and plots: the exported model on the validation images."""
     shape = recipe.shape(recipe.stages()[-1][0])
     oof = {}
+    ignore = ignore_value(len(items.codes), recipe.loss.ignore_index)
+    per_image = PerImage(items.valid, len(items.codes), ignore, shape)
 
     def keep(pred):  # compact out-of-fold probabilities at the training size, for ensembling later
         oof[pred.image_id] = F.interpolate(pred.probs[None], size=shape, mode="area")[0].half().numpy()
+        per_image.add(pred)
 
     report = evaluate_items(
         [learn],
         items.valid,
         items.codes,
-        ignore_index=ignore_value(len(items.codes), recipe.loss.ignore_index),
+        ignore_index=ignore,
         on_prediction=keep,
     )
     savez(run / "oof.npz", image=np.array(list(oof)), probs=np.stack(list(oof.values())))
+    savez(run / PER_IMAGE, **per_image.arrays())
     report.update(_run_facts(learn, recipe, items, run, seconds))
+    report["class_pixels"] = {"train": class_pixels(items.train, len(items.codes)), "valid": per_image.truth_pixels()}
     plot_history(run / HISTORY, run / "curves.png")
     plot_confusion(report["confusion_matrix"], items.codes, run / "confusion.png")
     write_json(run / METRICS, report)  # last: a run with metrics.json is finished

@@ -85,6 +85,8 @@ def test_ensemble_members_differ_and_the_ensemble_is_between_them(trained_run, s
     assert float(ensemble_plain["miou"]) == pytest.approx(report["miou"], abs=1e-4)  # the same ensemble, twice
     assert {"miou_per_image", "per_class_iou"} <= set(report)
     assert (out / "confusion.png").is_file()
+    page = (out / "comparison.html").read_text()  # the same rows as a page
+    assert all(f"{float(r['miou']):.4f}" in page for r in rows)
 
 
 def test_evaluate_equals_an_independent_confusion_matrix_of_the_predicted_pngs(trained_run, demo, tmp_path):
