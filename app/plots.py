@@ -77,14 +77,7 @@ def save_grid(
     for ax, image, mask, title in zip(axes.flat, images, masks, titles):
         ax.imshow(overlay(image, mask, colours))
         ax.set_title(title, fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, legend_height / height if handles else 0, 1, 1))
-    savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _finish_grid(fig, axes, handles, legend_height / height, path, dpi=100)
 
 
 def _legend_handles(masks: list[np.ndarray], codes: list[str], colours: np.ndarray) -> list:
@@ -264,11 +257,18 @@ def save_findings_gallery(rows: list[dict], codes: list[str], path: str | Path) 
             ax.imshow(panel)
             ax.contour(row["region"].astype(np.uint8), levels=[0.5], colors="yellow", linewidths=1.2)
             ax.set_title(f"{row['title']}" if name == "image" else name, fontsize=8)
+    return _finish_grid(fig, axes, handles, legend_height / height, path, dpi=90)
+
+
+def _finish_grid(fig, axes, handles: list, legend_share: float, path: str | Path, dpi: int) -> Path:
+    """Axes off, the one legend below the grid (its share of the height kept free), saved and closed."""
+    plt = _pyplot()
+
     for ax in axes.flat:
         ax.axis("off")
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, legend_height / height if handles else 0, 1, 1))
-    savefig(fig, path, dpi=90)
+    fig.tight_layout(rect=(0, legend_share if handles else 0, 1, 1))
+    savefig(fig, path, dpi=dpi)
     plt.close(fig)
     return Path(path)
