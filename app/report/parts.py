@@ -17,9 +17,13 @@ MAX_LISTED = 2000  # validation images listed with their score (text only: about
 
 
 def weakest_rows(rows: list[dict], k: int = 3) -> list[dict]:
-    """The k classes (background aside) with the lowest IoU among those in the validation truth."""
+    """The k classes (background aside) with the lowest IoU among those in the validation truth.
+
+    Ties (often many classes at IoU 0 early in training) go to the class with the most validation pixels: the
+    failure that costs the most.
+    """
     present = [r for r in rows if r["id"] > 0 and r["iou"] is not None and r["valid_share"] > 0]
-    return sorted(present, key=lambda r: r["iou"])[:k]
+    return sorted(present, key=lambda r: (r["iou"], -r["valid_share"]))[:k]
 
 
 def weakest(rows: list[dict], k: int = 3) -> str:
@@ -40,7 +44,7 @@ def weakest(rows: list[dict], k: int = 3) -> str:
 
 def class_table(rows: list[dict], title: str = "Per-class results") -> str:
     """IoU, pixel shares, precision, recall and the main confusion per class, worst IoU first."""
-    order = sorted(rows, key=lambda r: (r["iou"] is None, r["iou"] if r["iou"] is not None else 0))
+    order = sorted(rows, key=lambda r: (r["iou"] is None, r["iou"] if r["iou"] is not None else 0, -r["valid_share"]))
     top_share = max([r["valid_share"] for r in rows if r["id"] > 0] + [1e-9])
     body = [
         (
