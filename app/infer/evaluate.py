@@ -43,7 +43,8 @@ class Scores:
         self.cm = torch.zeros(n_classes, n_classes, dtype=torch.int64)
         self.per_image: list[float] = []
 
-    def add(self, pred: torch.Tensor, target: torch.Tensor, image_id: str = "") -> None:
+    def add(self, pred: torch.Tensor, target: torch.Tensor, image_id: str = "") -> torch.Tensor:
+        """Adds one image; returns its confusion matrix."""
         try:
             cm = confusion_matrix(pred, target, self.n, self.ignore_index)
         except ValueError as e:  # a json whose size disagrees with its image: never score misaligned pixels
@@ -51,6 +52,7 @@ class Scores:
         self.cm += cm
         if cm.sum():
             self.per_image.append(mean_iou(cm.numpy()))
+        return cm
 
     def report(self, codes: list[str]) -> dict:
         out = iou_report(self.cm.numpy(), codes)
@@ -75,14 +77,13 @@ class PerImage:
     and the predicted mask at `shape` (the training size): per-image scores and pictures for the report
     without predicting again."""
 
-    def __init__(self, valid: list, n_classes: int, ignore: int, shape: tuple[int, int]):
+    def __init__(self, valid: list, n_classes: int, shape: tuple[int, int]):
         self.masks = {str(image): mask for image, mask in valid}
-        self.n, self.ignore, self.shape, self.rows = n_classes, ignore, tuple(shape), []
+        self.n, self.shape, self.rows = n_classes, tuple(shape), []
 
-    def add(self, pred) -> None:
-        mask = torch.from_numpy(read_mask(self.masks[pred.image_id]).astype(np.int64))
-        label = pred.probs.argmax(0)
-        cm = confusion_matrix(label, mask, self.n, self.ignore).numpy()
+    def add(self, pred, cm: torch.Tensor) -> None:
+        """`cm`: the image's confusion matrix, as `evaluate_items` scored it (its mask is not read again)."""
+        label, cm = pred.probs.argmax(0), cm.numpy()
         small = torch.nn.functional.interpolate(label[None, None].float(), size=self.shape, mode="nearest")[0, 0]
         small = small.numpy().astype(np.uint8 if self.n <= 256 else np.uint16)
         self.rows.append((pred.image_id, self.masks[pred.image_id], np.diag(cm), cm.sum(1), cm.sum(0), small))
@@ -133,7 +134,8 @@ def evaluate_items(
 
     Args:
         learners: Learners or app.infer.members.Member objects (an ensemble).
-        on_prediction: When given, sees every Prediction (e.g. to keep out-of-fold probabilities).
+        on_prediction: When given, sees every Prediction and its confusion matrix (e.g. to keep out-of-fold
+            probabilities and per-image scores).
         root: The images folder: image ids are then paths relative to it (the json's file_names), the names
             `predict --save-probs` gives its probability files; otherwise the full paths.
     """
@@ -142,9 +144,9 @@ def evaluate_items(
     truth = {image_id: mask for (image_id, _), (_, mask) in zip(pairs, items)}
     stream = stream_predictions(learners, pairs, options)
     for pred in progress(stream, total=len(items)) if progress else stream:
-        scores.add(pred.probs.argmax(0), _read_mask(truth[pred.image_id]), pred.image_id)
+        cm = scores.add(pred.probs.argmax(0), _read_mask(truth[pred.image_id]), pred.image_id)
         if on_prediction:
-            on_prediction(pred)
+            on_prediction(pred, cm)
     report = scores.report(codes)
     report.update(images=len(items), tta=view_spec(options.tta), confusion_matrix=scores.cm.tolist())
     return report

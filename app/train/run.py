@@ -291,11 +291,11 @@ def write_metrics(learn, recipe: Recipe, items: Items, run: Path, seconds: float
     shape = recipe.shape(recipe.stages()[-1][0])
     oof = {}
     ignore = ignore_value(len(items.codes), recipe.loss.ignore_index)
-    per_image = PerImage(items.valid, len(items.codes), ignore, shape)
+    per_image = PerImage(items.valid, len(items.codes), shape)
 
-    def keep(pred):  # compact out-of-fold probabilities at the training size, for ensembling later
+    def keep(pred, cm):  # compact out-of-fold probabilities at the training size, for ensembling later
         oof[pred.image_id] = F.interpolate(pred.probs[None], size=shape, mode="area")[0].half().numpy()
-        per_image.add(pred)
+        per_image.add(pred, cm)
 
     report = evaluate_items(
         [learn],
