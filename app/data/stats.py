@@ -147,14 +147,20 @@ def plot_stats(stats: dict, path: str | Path) -> Path:
     return plot_class_shares(list(stats["classes"]), list(stats["classes"].values()), title, path)
 
 
-def weights_from_masks(mask_paths: list[Path], codes: list[str], scheme: str) -> list[float]:
-    """Class weights of `scheme` from the pixel counts of mask PNGs (a training split's cached masks)."""
+def mask_pixel_counts(mask_paths: list[Path], n_classes: int) -> np.ndarray:
+    """Pixels per class over mask PNGs (8 or 16-bit class ids; the ignore value and beyond left out)."""
     import cv2
 
-    counts = np.zeros(len(codes), np.int64)
+    counts = np.zeros(n_classes, np.int64)
     for path in mask_paths:
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        counts += np.bincount(mask.ravel(), minlength=256)[: len(codes)]
+        counts += np.bincount(mask.ravel(), minlength=n_classes)[:n_classes]
+    return counts
+
+
+def weights_from_masks(mask_paths: list[Path], codes: list[str], scheme: str) -> list[float]:
+    """Class weights of `scheme` from the pixel counts of mask PNGs (a training split's cached masks)."""
+    counts = mask_pixel_counts(mask_paths, len(codes))
     total = max(int(counts.sum()), 1)
     classes = {c: {"pixels": int(n), "share": int(n) / total} for c, n in zip(codes, counts)}
     return class_weights({"classes": classes}, scheme)

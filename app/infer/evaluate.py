@@ -104,15 +104,6 @@ class PerImage:
         return [int(v) for v in np.sum([r[3] for r in self.rows], axis=0)] if self.rows else [0] * self.n
 
 
-def class_pixels(samples: list, n_classes: int) -> list[int]:
-    """Pixels per class over the masks of `samples` (the ignore value left out): the training pixel shares."""
-    counts = np.zeros(n_classes, np.int64)
-    for sample in samples:
-        values = read_mask(sample.mask).ravel()
-        counts += np.bincount(values[values < n_classes], minlength=n_classes)[:n_classes]
-    return [int(v) for v in counts]
-
-
 def _pairs(items: list[tuple[Path, Path]], root: str | Path | None) -> list[tuple[str, Path]]:
     """(image id, image path) per item; ids relative to `root` when given (see evaluate_items)."""
     if root is None:

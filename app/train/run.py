@@ -25,9 +25,10 @@ from app.atomic import savez, write_json
 from app.data.coco import ignore_value
 from app.data.items import Items, load_items
 from app.data.loaders import forget_training_items
+from app.data.stats import mask_pixel_counts
 from app.errors import TrainingDiverged, TrainingInterrupted, TrashError
 from app.export import export_run
-from app.infer.evaluate import PerImage, class_pixels, evaluate_items
+from app.infer.evaluate import PerImage, evaluate_items
 from app.model.encoders import count_parameters
 from app.model.norms import norm_warning
 from app.plots import plot_confusion, plot_history
@@ -307,7 +308,8 @@ def write_metrics(learn, recipe: Recipe, items: Items, run: Path, seconds: float
     savez(run / "oof.npz", image=np.array(list(oof)), probs=np.stack(list(oof.values())))
     savez(run / PER_IMAGE, **per_image.arrays())
     report.update(_run_facts(learn, recipe, items, run, seconds))
-    report["class_pixels"] = {"train": class_pixels(items.train, len(items.codes)), "valid": per_image.truth_pixels()}
+    train_pixels = mask_pixel_counts([s.mask for s in items.train], len(items.codes)).tolist()
+    report["class_pixels"] = {"train": train_pixels, "valid": per_image.truth_pixels()}
     plot_history(run / HISTORY, run / "curves.png")
     plot_confusion(report["confusion_matrix"], items.codes, run / "confusion.png")
     write_json(run / METRICS, report)  # last: a run with metrics.json is finished
