@@ -92,6 +92,23 @@ def autocast(precision: str):
     return torch.autocast(device().type, dtype=dtype)
 
 
+def batch_step(model, fmt, precision: str = "bf16"):
+    """A callable doing one AdamW step of `model` on a given loader batch (x, y), cross-entropy, in `fmt`."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(x, y):
+        with autocast(precision):
+            loss = F.cross_entropy(plain(model(plain(x).contiguous(memory_format=fmt))).float(), plain(y).long())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def train_step(model, batch: int, size: int, n_classes: int, precision: str = "fp32", channels_last: bool = False):
     """A callable doing one AdamW step of `model` on a fixed random batch (cross-entropy), as `fit` would."""
     import torch

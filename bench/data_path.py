@@ -19,7 +19,7 @@ import torch
 
 from app.model.build import build_model
 from app.recipe import Data, Model, Recipe
-from bench.common import SHARED_DATA, device, row, side_by_side, threads, train_step
+from bench.common import SHARED_DATA, batch_step, device, row, side_by_side, threads, train_step
 
 SIZE, BATCH = 512, 8
 
@@ -142,23 +142,15 @@ def stage_costs(samples) -> dict[str, float]:
 def fed_training(items, data: Data, workers: int, steps: int = 30) -> dict:
     """CUDA only: training img/s when the real DataLoader (one worker per core) feeds the steps, over img/s on
     one batch held on the GPU; 1.0 = the loader keeps up. Reference model at 512 px, batch 16, bf16."""
-    import torch.nn.functional as F
 
     from app.data.loaders import make_dls
-    from bench.common import autocast, plain, sync
+    from bench.common import sync
 
     batch, dev, fmt = 16, device(), torch.channels_last
     recipe = Recipe(data=dataclasses.replace(data, workers=workers, batch_size=batch))
     dls = make_dls(items, recipe, SIZE, (0.5,) * 3, (0.5,) * 3, device=dev)
     model = build_model(Model(encoder="efficientnet_b4"), len(items.codes), SIZE)[0].to(dev, memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step(x, y):
-        with autocast("bf16"):
-            loss = F.cross_entropy(plain(model(plain(x).contiguous(memory_format=fmt))).float(), plain(y).long())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = batch_step(model, fmt)
 
     fixed = dls.train.one_batch()
     held = side_by_side({"step": lambda: step(*fixed)}, repeat=5, warmup=2)["step"]

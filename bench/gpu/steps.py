@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from app.model.build import build_model
 from app.recipe import Data, Model, Recipe
-from bench.common import REPO, autocast, device, plain, side_by_side, sync, train_step
+from bench.common import REPO, batch_step, device, side_by_side, sync, train_step
 
 DEMO_RECIPE = REPO / "recipes" / "demo.py"
 
@@ -119,14 +118,7 @@ def fed_against_held(items, data: Data, encoder: str, workers: int, warmup: int,
     dls = make_dls(items, Recipe(data=dataclasses.replace(data, workers=workers)), data.size, (0.5,) * 3, (0.5,) * 3)
     dls.to(dev)
     model = build_model(Model(encoder=encoder), len(items.codes), data.size)[0].to(dev, memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step(x, y):
-        with autocast("bf16"):
-            loss = F.cross_entropy(plain(model(plain(x).contiguous(memory_format=fmt))).float(), plain(y).long())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = batch_step(model, fmt)
 
     held_batch = dls.train.one_batch()
     held = time_step(lambda: step(*held_batch), warmup, n)
