@@ -172,6 +172,23 @@ def build_onnx_precision(name, entry):
     check_tolerance(verify(reference, path, torch.rand(2, 3, 64, 64) * 255, 0), entry, path)
 
 
+def build_engine(name, entry):
+    from app.infer.backend import Unavailable, same_pixels
+    from app.model.build import build_model
+    from app.recipe import Model
+
+    model = build_model(Model(encoder=TINY, pretrained=False, last_cross=False), 3, 64)[0].eval()
+    x = torch.randn(2, 3, 64, 64)
+    try:
+        net = entry.make(model, {(64, 64)})
+    except Unavailable as e:  # bf16 on a CPU without bf16 instructions: the reason is the point
+        assert name == "bf16" and "bf16" in str(e)
+        return
+    with torch.no_grad():
+        reference = model(x)
+    assert net(x).shape == reference.shape and same_pixels(net, reference.argmax(1), x) >= 0.99
+
+
 BUILDERS = {
     "app.model.build.ARCHS": build_arch,
     "app.model.norms.NORMS": build_norm,
@@ -186,6 +203,7 @@ BUILDERS = {
     "app.data.masks.OVERLAP_RULES": build_overlap_rule,
     "app.infer.tta.VIEW_SETS": build_view_set,
     "app.infer.onnx_export.ONNX_PRECISIONS": build_onnx_precision,
+    "app.infer.backend.ENGINES": build_engine,
 }
 
 

@@ -14,7 +14,7 @@ SHARED = ("tta", "tta_views", "weights", "class_weights", "topk", "tile", "min_a
 
 @app.command(short_help="Masks + overlays + submission.csv.  e.g. trash predict runs/demo/latest --images DIR --out p")
 @friendly
-@inference_options(*SHARED, "overlays", "save_probs", "skip_bad_images", "batch_size")
+@inference_options(*SHARED, "overlays", "save_probs", "skip_bad_images", "backend", "batch_size")
 def predict(
     models: ModelsArg,
     images: Annotated[Path, typer.Option(help="Folder of images (the json's file_names are relative to it)")],
@@ -26,7 +26,9 @@ def predict(
 
     Several MODELS are an ensemble, averaged in probability space: run directories, fold groups
     (`trash fit --fold all`), or folders written by `trash predict --save-probs`.
-    The submission is read back and checked after writing.
+    The submission is read back and checked after writing. With --backend auto (the default) each run's
+    network runs on the fastest engine here (PyTorch fp32, bf16 + channels-last, ONNX Runtime) whose masks
+    agree with fp32, timed on the first batch; the engine used is printed and kept in predictions.json.
 
     Examples:
 
@@ -43,6 +45,7 @@ def predict(
     for message in summary["skipped"]:
         typer.echo(f"skipped    {message}", err=True)
     typer.echo(f"{summary['images']} images, {len(summary['members'])} member(s), TTA: {', '.join(summary['tta'])}")
+    _print_backends(summary["members"])
     typer.echo(f"masks      {summary['masks']}")
     if summary["overlays"]:
         typer.echo(f"overlays   {summary['overlays']}  (grid: {summary['preview']})")
@@ -55,7 +58,7 @@ def predict(
     short_help="mIoU + per-class IoU on a COCO json.  e.g. trash evaluate runs/demo/latest --data val.json --images DIR"
 )
 @friendly
-@inference_options(*SHARED, "batch_size")
+@inference_options(*SHARED, "backend", "batch_size", backend="torch")
 def evaluate(
     models: ModelsArg,
     data: Annotated[Path, typer.Option(help="COCO json with ground-truth annotations")],
@@ -94,8 +97,22 @@ def evaluate(
         typer.echo(f"page       {write_evaluate_page(report, list(report['per_class_iou']), out / 'comparison.html')}")
 
 
+def _print_backends(members: list[dict]) -> None:
+    """One line per engine used: which, why, and for how many members."""
+    from app.infer.backend import describe
+
+    used: dict[str, list[dict]] = {}
+    for m in members:
+        if m.get("backend"):
+            used.setdefault(m["backend"]["engine"], []).append(m["backend"])
+    for choices in used.values():
+        count = f" [{len(choices)} members]" if len(members) > 1 else ""
+        typer.echo(f"backend    {describe(choices[0])}{count}")
+
+
 def _print_scores(report: dict) -> None:
     typer.echo(f"{report['images']} images, {len(report['members'])} member(s), TTA {report['tta']}")
+    _print_backends(report["members"])
     typer.echo(f"mIoU (dataset confusion matrix) {report['miou']:.4f}")
     typer.echo(f"mIoU (mean of per-image mIoU)   {report['miou_per_image']:.4f}")
     typer.echo(f"pixel accuracy                  {report['pixel_accuracy']:.4f}")

@@ -215,9 +215,8 @@ def evaluate(
     items = coco_items(coco, images, mask_cache)
     ignore = ignore_value(len(coco.codes))
     report = evaluate_items(members, items, coco.codes, options, ignore, progress=progress, root=images)
-    report.update(
-        data=str(data), models=[str(m) for m in models], members=[{"name": m.name, "weight": m.weight} for m in members]
-    )
+    members_used = [{"name": m.name, "weight": m.weight, "backend": m.backend} for m in members]
+    report.update(data=str(data), models=[str(m) for m in models], members=members_used)
     if compare:
         report["comparison"] = compare_items(members, items, coco.codes, compare, options, progress, images)
     if out:

@@ -46,6 +46,8 @@ class Member:
         probs_dir: For saved probabilities: the `probs/` folder.
         classes: Class names the member predicts.
         onnx: For a `trash export` ONNX file: its OnnxModel (then `learn` is None).
+        runner: The engine that runs `learn`'s network instead of its module (app/infer/backend.py), or None.
+        backend: Which engine runs the member and why (set by `backend.choose_engines`).
     """
 
     name: str
@@ -56,6 +58,8 @@ class Member:
     probs_dir: Path | None = None
     classes: list[str] = field(default_factory=list)
     onnx: OnnxModel | None = None
+    runner: object = None
+    backend: dict = field(default_factory=dict)
 
     @property
     def train_size(self) -> tuple[int, int] | None:

@@ -24,6 +24,9 @@ class InferenceOptions:
     skip_bad_images: Leave corrupt or truncated images out (listed) instead of refusing them all.
     overlays: predict: also write overlays/*.jpg and preview.png.
     save_probs: predict: also write probs/*.npy (fp16), so the folder can be an ensemble member later.
+    backend: Which engine runs each run directory's network (app/infer/backend.py): "torch" (fp32, the library's
+        default: scores reproducible on every machine), "bf16", "onnx", or "auto" (`trash predict`'s default:
+        the fastest here whose masks agree with fp32, measured on the first batch).
     """
 
     tta: str = "identity"
@@ -38,6 +41,7 @@ class InferenceOptions:
     skip_bad_images: bool = False
     overlays: bool = True
     save_probs: bool = False
+    backend: str = "torch"
 
 
 def view_spec(tta: bool | str) -> str:

@@ -115,6 +115,7 @@ def _summary(models, members: list[Member], pairs, skipped, writer: _Outputs, op
                 "name": m.name,
                 "weight": m.weight,
                 "class_weights": None if m.class_weights is None else list(map(float, m.class_weights)),
+                "backend": m.backend,
             }
             for m in members
         ],

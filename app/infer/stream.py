@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from app.data.images import image_size, read_rgb
 from app.errors import TrashError
+from app.infer.backend import check_backend, choose_engines
 from app.infer.members import Member, saved_probs
 from app.infer.onnx_runtime import onnx_member_probs
 from app.infer.options import InferenceOptions, view_spec
@@ -55,6 +56,8 @@ def stream_predictions(
     members = as_members(models, options.weights)
     spec = view_spec(options.tta)
     parse_views(spec)  # a bad spec fails before any image is read
+    check_backend(options.backend)
+    choose_engines(members, images[: options.batch_size], options, len(images))
     for start in range(0, len(images), options.batch_size):
         chunk = images[start : start + options.batch_size]
         for (image_id, path), probs in zip(chunk, _ensemble_probs(members, chunk, options)):
@@ -92,6 +95,8 @@ def member_probs(member: Member, chunk, sizes, options: InferenceOptions) -> lis
     for state in member.states:  # a top-k epoch: same architecture, other weights
         model.load_state_dict(state)
     views = parse_views(view_spec(options.tta), multiple=getattr(model, "trash_size_multiple", 32))
+    if member.runner is not None:  # bf16 or ONNX Runtime, chosen by app/infer/backend.py
+        model = member.runner
     if options.tile:
         return [
             sliding_window_probs(

@@ -204,3 +204,20 @@ def test_every_arch_exports_and_matches(arch, tmp_path):
     write_graph(deployed, (side, side), dynamic, tmp_path / "m.onnx")
     report = verify(deployed, tmp_path / "m.onnx", torch.rand(2, 3, side, side) * 255, 32 if dynamic else 0)
     assert report["max_prob_diff"] <= 1e-3 and report["same_pixels"] >= 0.999
+
+
+def test_fp16_export_from_the_command_line(trained_run, demo, tmp_path):
+    import onnx
+
+    out = tmp_path / "half.onnx"
+    result = invoke("export", trained_run, "--fp16", "--images", Path(demo["images"]) / "images", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "fp16" in result.output and "verified" in result.output
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    report = json.loads(props["verification"])
+    assert props["precision"] == "fp16" and report["tolerance"] == {"max_prob_diff": 5e-2, "same": 0.99}
+    assert report["max_prob_diff"] <= 5e-2 and report["same_pixels"] >= 0.99
+    weights = onnx.load(str(out)).graph.initializer
+    assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)  # really half weights
+    ort_out = predict(tmp_path, "half", out, demo=demo)
+    assert len(masks(ort_out)) == 4

@@ -1,0 +1,261 @@
+"""Which engine runs a run directory's network at inference, and `auto`: the fastest whose masks agree.
+
+Engines (`ENGINES`, the `--backend` names besides `auto`):
+
+* `torch`: the exported PyTorch module as it is, fp32 (what every other engine is held to);
+* `bf16`: a copy of it in channels-last memory under bf16 autocast (CPUs with bf16 instructions, or a CUDA GPU
+  with bf16);
+* `onnx`: the network exported in memory (app/infer/onnx_export.py's exporter) and run by ONNX Runtime.
+
+Each engine is a callable taking the normalised NCHW batch a run's test loader makes and returning logits, so TTA
+views and tiles (app/infer/tta.py, app/infer/tiles.py) run on any of them unchanged.
+
+`auto` measures, on the first batch of images, one warm and one timed forward of each engine available here,
+keeps those whose argmax masks agree with `torch` on at least `AGREE` of the pixels (the ONNX export's own
+tolerance), and picks the fastest. Measured, not fixed, because the winner depends on the machine
+(docs/deployment.md: bf16 + channels-last was 4-20x faster than fp32 on an AVX512-BF16 EPYC, and emulated, about
+10x slower, on AVX2-only hosts; ONNX Runtime fp32 beat PyTorch fp32 by 1.2-1.7x on both) and on the model.
+Below `MIN_BATCHES` batches of images, measuring costs more than it can save: `auto` keeps `torch` and says so.
+Members of one architecture (a fold group's) are timed once; each one's masks are still checked.
+
+torch, numpy and onnxruntime are imported inside the functions: the CLI reads `BACKENDS` for its help text and
+must start without them.
+"""
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.errors import TrashError
+from app.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+AUTO = "auto"
+AGREE = 0.999  # identical argmax pixels against PyTorch fp32, as `trash export` requires of an ONNX file
+MIN_BATCHES = 4  # fewer images than this many batches: auto keeps torch (measuring would cost more than it saves)
+
+
+class Unavailable(Exception):
+    """An engine that cannot run here (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    help: str
+    make: object  # (module, input sizes it must take) -> callable NCHW normalised batch -> logits
+
+
+def _torch(model: "torch.nn.Module", sizes: set) -> "torch.nn.Module":
+    return model
+
+
+class Bf16Net:
+    """A channels-last copy of a network under bf16 autocast; logits back in float32."""
+
+    def __init__(self, model: "torch.nn.Module"):
+        import torch
+
+        self.device = next(model.parameters()).device
+        self.net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.net(x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)).float()
+
+
+def _bf16(model: "torch.nn.Module", sizes: set) -> Bf16Net:
+    import torch
+
+    from app.train.learner import native_bf16
+
+    device = next(model.parameters()).device
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise Unavailable("this GPU has no bf16")
+    if device.type == "cpu" and not native_bf16():
+        raise Unavailable("this CPU has no bf16 instructions (emulated bf16 ran about 10x slower than fp32)")
+    return Bf16Net(model)
+
+
+class OrtNet:
+    """A network exported to ONNX in memory, run by ONNX Runtime; NCHW in, logits out (as torch tensors)."""
+
+    def __init__(self, model: "torch.nn.Module", sizes: set):
+        import onnxruntime as ort
+
+        from app.infer.onnx_export import onnx_stride, write_graph
+        from app.infer.onnx_runtime import providers
+
+        self.device = next(model.parameters()).device
+        chosen = providers() if self.device.type == "cuda" else ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in chosen:
+            raise Unavailable("ONNX Runtime has no CUDA execution provider in this install")
+        dynamic = len(sizes) > 1
+        if dynamic and any(side % onnx_stride(model) for hw in sizes for side in hw):
+            raise Unavailable(f"the input sizes {sorted(sizes)} are not all multiples of the ONNX stride")
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "net.onnx"
+            try:
+                write_graph(model.cpu().eval(), next(iter(sizes)), dynamic, path)
+            except TrashError as e:
+                raise Unavailable(str(e)) from None
+            finally:
+                model.to(self.device)
+            self.session = ort.InferenceSession(path.read_bytes(), providers=chosen)
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import numpy as np
+        import torch
+
+        feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: feed})[0]).to(x.device)
+
+
+ENGINES: Registry[Engine] = Registry(
+    "inference backend",
+    {
+        "torch": Engine("PyTorch, fp32, as exported", _torch),
+        "bf16": Engine("PyTorch, bf16 autocast + channels-last (CPUs with bf16 instructions, GPUs)", _bf16),
+        "onnx": Engine("ONNX Runtime on the network exported in memory (fp32)", OrtNet),
+    },
+)
+BACKENDS = (AUTO, *ENGINES)
+
+
+def check_backend(name: str) -> str:
+    """`name` when it is `auto` or an engine; a TrashError naming the choices otherwise."""
+    if name not in BACKENDS:
+        from app.registry import did_you_mean
+
+        raise TrashError(f"--backend {name!r} is not one of {', '.join(BACKENDS)}{did_you_mean(name, BACKENDS)}")
+    return name
+
+
+def input_sizes(train_size: tuple[int, int], views) -> set:
+    """The (H, W) inputs a member's network sees with these TTA views (tiles have the training size too)."""
+    return {tuple(view.size(*train_size)) for view in views}
+
+
+def fixed_engine(name: str, model: "torch.nn.Module", sizes: set) -> tuple[object, dict]:
+    """The engine `name` asked for by the user; TrashError when it cannot run here."""
+    try:
+        return ENGINES[name].make(model, sizes), {"engine": name, "reason": f"--backend {name}"}
+    except Unavailable as e:
+        raise TrashError(f"--backend {name}: {e}; use --backend auto or torch") from None
+
+
+def measure_engines(model: "torch.nn.Module", x: "torch.Tensor", sizes: set) -> tuple[dict, dict, dict]:
+    """({engine: callable}, {engine: seconds of one forward of x}, {engine: why not}) for every engine."""
+    made, seconds, unavailable = {}, {}, {}
+    for name, engine in ENGINES.items():
+        try:
+            made[name] = engine.make(model, sizes)
+        except Unavailable as e:
+            unavailable[name] = str(e)
+            continue
+        seconds[name] = _seconds(made[name], x)
+    return made, seconds, unavailable
+
+
+def _seconds(net, x: "torch.Tensor") -> float:
+    import torch
+
+    with torch.inference_mode():
+        net(x)  # warm: ONNX Runtime and oneDNN plan their kernels on the first call
+        start = time.perf_counter()
+        net(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def same_pixels(net, reference: "torch.Tensor", x: "torch.Tensor") -> float:
+    """Share of argmax pixels `net` gives x that equal the reference argmax."""
+    import torch
+
+    with torch.inference_mode():
+        return float((net(x).argmax(1) == reference).float().mean())
+
+
+def pick(seconds: dict, agree: dict) -> str:
+    """The fastest engine whose masks agree (torch always does: it is the reference)."""
+    eligible = [name for name in seconds if name == "torch" or agree.get(name, 0.0) >= AGREE]
+    return min(eligible, key=seconds.__getitem__)
+
+
+def describe(choice: dict) -> str:
+    """One line for the user: which engine, and why."""
+    engine = choice["engine"]
+    if choice["reason"] != "measured":
+        return f"{engine} ({choice['reason']})"
+    seconds, agree = choice["seconds"], choice["same_pixels"]
+    timed = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in sorted(seconds.items(), key=lambda kv: kv[1]))
+    refused = [f"{k} masks {agree[k]:.2%} identical" for k in agree if k != engine]
+    text = f"{engine} (fastest whose masks agree with PyTorch fp32; one batch of {choice['images']}: {timed}"
+    return text + "".join(f"; {r}, not used" for r in refused) + ")"
+
+
+def choose_engines(members: list, chunk: list, options, n_images: int) -> None:
+    """Sets each run member's `runner` (the engine's callable) and `backend` (what was chosen and why), measured on
+    `chunk` (the first batch's (image_id, path) pairs) when `options.backend` is auto."""
+    from app.infer.options import view_spec
+    from app.infer.tta import parse_views
+
+    timed: dict = {}  # architecture -> (seconds, unavailable): a fold group's members are timed once
+    for member in members:
+        if member.learn is None:
+            member.backend = {"engine": "onnx" if member.onnx is not None else "saved", "reason": "the file's own"}
+            continue
+        model = member.learn.model.eval()
+        views = parse_views(view_spec(options.tta), multiple=getattr(model, "trash_size_multiple", 32))
+        sizes = input_sizes(member.train_size, views)
+        if options.backend != AUTO:
+            if member.states and options.backend != "torch":
+                raise TrashError(f"--backend {options.backend} with --topk: top-k epochs load into the PyTorch module")
+            member.runner, member.backend = fixed_engine(options.backend, model, sizes)
+        elif member.states:
+            member.backend = {"engine": "torch", "reason": "top-k epochs load their weights into the PyTorch module"}
+        elif n_images < MIN_BATCHES * options.batch_size:
+            member.backend = {
+                "engine": "torch",
+                "reason": f"{n_images} images: too few to be worth timing the engines (from "
+                f"{MIN_BATCHES * options.batch_size} on)",
+            }
+        else:
+            member.runner, member.backend = _measured(member, model, chunk, sizes, timed)
+
+
+def _measured(member, model: "torch.nn.Module", chunk: list, sizes: set, timed: dict) -> tuple[object, dict]:
+    import torch
+
+    x = member.learn.dls.test_dl([p for _, p in chunk], bs=len(chunk)).one_batch()[0]
+    with torch.inference_mode():
+        reference = model(x).argmax(1)
+    key = (type(model).__name__, sum(p.numel() for p in model.parameters()), tuple(sorted(sizes)))
+    made = {}
+    if key not in timed:
+        made, seconds, unavailable = measure_engines(model, x, sizes)
+        timed[key] = (seconds, unavailable)
+    seconds, unavailable = timed[key]
+    agree, nets = {}, {}
+    for name in sorted(seconds, key=seconds.__getitem__):  # fastest first; the first that agrees wins
+        nets[name] = made.get(name) or ENGINES[name].make(model, sizes)
+        agree[name] = 1.0 if name == "torch" else same_pixels(nets[name], reference, x)
+        if agree[name] >= AGREE:
+            break
+    chosen = pick({k: seconds[k] for k in agree}, agree)
+    return (None if chosen == "torch" else nets[chosen]), {
+        "engine": chosen,
+        "reason": "measured",
+        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "speedup": seconds["torch"] / seconds[chosen],
+        "same_pixels": agree,
+        "unavailable": unavailable,
+        "images": len(chunk),
+    }
