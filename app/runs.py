@@ -23,6 +23,8 @@ FOLDS = "folds.json"  # in a `--fold all` group: how to train (and resume) each 
 SUMMARY = "summary.json"  # in a finished fold group
 PER_IMAGE = "per_image.npz"  # per validation image and class: pixels of truth, prediction and both (the report)
 REPORT = "report.html"  # the run's (or group's) page: app/report
+AUDIT_SUMMARY = "audit_summary.json"  # in a fold group `trash data audit` read: counts and top findings (the page)
+AUDIT_GALLERY = "audit_gallery.png"  # beside it: a copy of the audit's gallery, so the group's page stands alone
 LATEST = "latest"
 RUN_COLUMNS = ("recipe", "fold", "miou", "epochs", "seconds", "data", "run")
 

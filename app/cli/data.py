@@ -203,11 +203,16 @@ def data_audit(
     """
     from app.data.coco import load_coco
     from app.infer.audit import audit
-    from app.infer.audit_outputs import write_audit
+    from app.infer.audit_outputs import record_in_group, write_audit
     from app.infer.audit_outputs import write_clean as clean_json
+    from app.report.build import report_after_fit
 
     report, gallery = audit(group, out, data, gallery_size=top, progress=progress(), images=images)
     written = write_audit(report, gallery, load_coco(report["data"]).codes, out)
+    record_in_group(group, report, written, top)
+    page = report_after_fit(group)  # the group's page gains the audit (a failing page only warns)
+    if page:
+        written["page"] = page
     _print_audit(report, written, top)
     if write_clean:
         done = clean_json(report["data"], report["findings"], write_clean, clean_min_score)

@@ -12,6 +12,7 @@ The cleaned json is the audited one with the confident findings applied, every c
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from app.data.masks import annotation_mask
 from app.errors import TrashError
 from app.infer.label_issues import Finding
 from app.plots import save_findings_gallery
+from app.runs import AUDIT_GALLERY, AUDIT_SUMMARY
 
 FINDING_COLUMNS = (  # Finding.row()'s keys
     "image_id", "file_name", "annotation_id", "kind", "score", "label", "suggested", "pixels", "bbox", "fold",
@@ -54,6 +56,26 @@ def write_audit(report: dict, gallery: list[dict], codes: list[str], out: str | 
     if gallery:
         written["gallery"] = save_findings_gallery(gallery, codes, out / "gallery.png")
     return written
+
+
+def record_in_group(group: str | Path, report: dict, written: dict[str, Path], top: int) -> Path:
+    """The group's own copy of what its page shows of the audit: counts, the top findings, the gallery (so that
+    `trash report GROUP` shows them without the audit's folder)."""
+    group = Path(group)
+    if "gallery" in written:
+        shutil.copyfile(written["gallery"], group / f"{AUDIT_GALLERY}.tmp")
+        (group / f"{AUDIT_GALLERY}.tmp").replace(group / AUDIT_GALLERY)
+    else:
+        (group / AUDIT_GALLERY).unlink(missing_ok=True)
+    summary = {
+        "out": str(Path(written["json"]).parent.resolve()),
+        "data": str(report["data"]),
+        "images_audited": report["images_audited"],
+        "oof_miou": report["oof_miou"],
+        "counts": report["counts"],
+        "top": [f.row() for f in report["findings"][:top]],
+    }
+    return write_json(group / AUDIT_SUMMARY, summary)
 
 
 def _rle(mask: np.ndarray) -> dict:

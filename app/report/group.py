@@ -1,4 +1,9 @@
-"""A fold group's page: each fold's scores, the out-of-fold mIoU and per-class IoU, the worst OOF images."""
+"""A fold group's page: each fold's scores, the out-of-fold mIoU and per-class IoU, the worst OOF images, and the
+data audit's findings when `trash data audit` has read the group."""
+
+import base64
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -8,6 +13,7 @@ from app.report.page import esc, number
 from app.report.parts import class_table, picks, score_list, weak_class_images, worst_and_best
 from app.report.rundata import RunData
 from app.report.rundata import class_table as class_rows
+from app.runs import AUDIT_GALLERY, AUDIT_SUMMARY
 
 
 def group_page(path, summary: dict, runs: list[RunData]) -> str:
@@ -23,6 +29,7 @@ def group_page(path, summary: dict, runs: list[RunData]) -> str:
             page.img(page.figure_uri(curves_figure({r.path.name: r.history for r in runs if r.history})), "curves"),
         ),
         *_images(runs),
+        _audit(Path(path)),
     ]
     return page.document(f"trash report · {summary.get('recipe', '?')} fold group", body)
 
@@ -81,3 +88,24 @@ def _images(runs: list[RunData]) -> list[str]:
     if not chosen:
         return []
     return [worst_and_best(chosen, runs[0].classes, "out-of-fold"), score_list(chosen)]
+
+
+def _audit(path: Path) -> str:
+    """The audit's counts, gallery and top findings (audit_summary.json + audit_gallery.png), or nothing."""
+    if not (path / AUDIT_SUMMARY).is_file():
+        return ""
+    summary = json.loads((path / AUDIT_SUMMARY).read_text())
+    facts = [("images audited", str(summary["images_audited"]))] + [(k, str(n)) for k, n in summary["counts"].items()]
+    parts = [page.kpis(facts)]
+    if (path / AUDIT_GALLERY).is_file():
+        uri = "data:image/png;base64," + base64.b64encode((path / AUDIT_GALLERY).read_bytes()).decode()
+        parts.append(page.img(uri, "the audit's top findings: image, annotation, out-of-fold prediction"))
+    rows = [
+        (number(f["score"], 2), f["kind"], f["file_name"], "–" if f["annotation_id"] is None else f["annotation_id"],
+         f["label"], f["suggested"], f["pixels"])
+        for f in summary["top"]
+    ]  # fmt: skip
+    headers = ("score", "kind", "image", "annotation", "labelled", "model sees", "pixels")
+    parts.append(page.table(headers, rows, numeric=(True, False, False, True, False, False, True)))
+    sub = f"Confident Learning on the out-of-fold probabilities of {summary['data']}; all findings: {summary['out']}"
+    return page.section("Data audit: likely label errors", *parts, anchor="audit", sub=sub)

@@ -19,7 +19,8 @@ def run(*args, code=0):
 
 
 def test_audit_of_a_fold_group_writes_its_report_and_a_clean_json_that_checks(fold_group, demo, tmp_path):
-    _, _, group = fold_group
+    group = tmp_path / "group"  # a copy: the audit adds its summary to the group it reads
+    shutil.copytree(fold_group[2], group, symlinks=True)
     clean = tmp_path / "clean.json"
     out = run("data", "audit", group, "--out", tmp_path / "audit", "--top", 4, "--write-clean", clean,
               "--clean-min-score", 0).output  # fmt: skip
@@ -35,6 +36,16 @@ def test_audit_of_a_fold_group_writes_its_report_and_a_clean_json_that_checks(fo
     applied = [f for f in report["findings"] if f["kind"] != "loose_boundary"]
     assert len(changes) == 1 + len(applied)  # --clean-min-score 0: every finding with an action is applied
     assert "0 error(s)" in run("data", "check", clean, "--images", demo["images"]).output
+    # the group's page shows the audit, and keeps it when rebuilt without the audit's folder
+    summary = json.loads((group / "audit_summary.json").read_text())
+    assert summary["counts"] == report["counts"] and len(summary["top"]) == min(4, len(report["findings"]))
+    assert (group / "audit_gallery.png").is_file() == bool(report["findings"])
+    shutil.rmtree(tmp_path / "audit")
+    run("report", group)
+    html = (group / "report.html").read_text()
+    assert "Data audit: likely label errors" in html and "images audited" in html
+    assert all(f["kind"] in html for f in summary["top"])
+    assert ('alt="the audit' in html) == bool(report["findings"])
 
 
 def test_audit_refuses_a_single_run_a_fold_missing_and_a_json_of_other_classes(fold_group, demo, tmp_path):
