@@ -119,13 +119,17 @@ def score_findings(report: dict, record: dict, original: Path, noisy: Path) -> d
     }
 
 
-def _held_out_miou(name: str, recipe: Path, train_json: Path, test: Path, images: str, sets: list[str], out: Path):
+def _held_out_miou(name: str, recipe: Path, train_json: Path, test: Path, images: str, sets: list[str], out: Path,
+                   seed: int | None = None):  # fmt: skip
+    """Held-out mIoU of the recipe trained on `train_json` (with the recipe's own seed, or `seed`)."""
     from app.infer.evaluate import evaluate
     from app.train.run import fit
 
+    name = name if seed is None else f"{name}-s{seed}"
     result = out / f"eval-{name}.json"
     if not result.is_file():
         sets = [*sets, f"data.annotations={train_json}", "data.valid_annotations=", "data.split=", "data.fold=-1"]
+        sets += [] if seed is None else [f"train.seed={seed}"]
         run = fit(recipe, sets, out=out / f"runs-{name}")
         result.write_text(json.dumps(evaluate([run], test, images, out=out / f"eval-{name}")))
     return json.loads(result.read_text())["miou"]
@@ -142,6 +146,8 @@ def main(argv=None) -> dict:
     rates = ("RELABEL", "DELETE", "SPURIOUS")
     p.add_argument("--rates", type=float, nargs=3, default=(0.10, 0.05, 0.03), metavar=rates)
     p.add_argument("--folds", type=int, default=3, help="folds of the noisy dev json (the audit's group)")
+    more = "more seeds for the noisy / cleaned / original trainings (the recipe's own always runs)"
+    p.add_argument("--train-seeds", type=int, nargs="*", default=[], help=more)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     overrides = [*a.overrides, f"data.images={a.images}"]
@@ -153,8 +159,10 @@ def main(argv=None) -> dict:
     results = {
         "seed": a.seed, "rates": list(a.rates), "group": str(group), "counts": report["counts"],
         "ranking": score_findings(report, record, dev, noisy),
-        "held_out_miou": {name: _held_out_miou(name, a.recipe, j, test, a.images, overrides, a.out)
+        "held_out_miou": {name: [_held_out_miou(name, a.recipe, j, test, a.images, overrides, a.out, seed)
+                                 for seed in (None, *a.train_seeds)]
                           for name, j in (("noisy", noisy), ("cleaned", clean), ("original", dev))},
+        "train_seeds": ["recipe", *a.train_seeds],
     }  # fmt: skip
     (a.out / "results.json").write_text(json.dumps(results, indent=2))
     (a.out / "results.md").write_text(markdown(results))
@@ -170,8 +178,13 @@ def markdown(results: dict) -> str:
         cells = [kind, r["planted"], r["found"], _f(r["precision@1x"]), _f(r["random_precision@1x"])]
         cells += [_f(r["recall@1x"]), _f(r["precision@2x"]), _f(r["recall@2x"])]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    miou = results["held_out_miou"]
-    lines += ["", "| trained on | held-out mIoU |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in miou.items()]
+    miou, seeds = results["held_out_miou"], results.get("train_seeds", ["recipe"])
+    head = ["trained on", *(f"seed {s}" for s in seeds), "mean"] if len(seeds) > 1 else ["trained on", "held-out mIoU"]
+    lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, values in miou.items():
+        values = values if isinstance(values, list) else [values]
+        cells = [f"{v:.4f}" for v in values] + ([f"{np.mean(values):.4f}"] if len(values) > 1 else [])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -256,7 +256,7 @@ def image_findings(
     confident = confident_classes(probs, thresholds)
     missing, grown = missing_regions(probs, confident, lab, t.typical_areas(), s)
     found = []
-    for i, kind, score, k, region in annotation_findings(probs, confident, lab, grown, thresholds, s):
+    for i, kind, score, k, region in annotation_findings(probs, confident, lab, grown, t, s):
         ann_id, given = lab.annotations[i]
         facts = dict(kind=kind, score=score, label=codes[given], suggested=codes[k], suggested_class=k)
         found.append((Finding(**where, **facts, **_extent(region), annotation_id=ann_id), region))

@@ -105,13 +105,15 @@ def image_score(probs: np.ndarray, mask: np.ndarray, ignore: int) -> float:
 
 
 class Thresholds:
-    """Accumulates the per-class thresholds t_c = mean OOF probability of class c over pixels labelled c, and
-    each class's typical annotation size (mean visible pixels per annotation)."""
+    """Accumulates the per-class thresholds t_c = mean OOF probability of class c over pixels labelled c, each
+    class's typical annotation size (mean visible pixels per annotation), and how the models usually see each
+    class's annotations: the mean share of an annotation labelled y that the OOF argmax gives to class k."""
 
     def __init__(self, n_classes: int):
         self.sums = np.zeros(n_classes, np.float64)
         self.counts = np.zeros(n_classes, np.int64)
         self.instances = np.zeros(n_classes, np.int64)
+        self.seen_as = np.zeros((n_classes, n_classes), np.float64)  # [y, k]: summed per-annotation argmax shares
 
     def add(self, probs: np.ndarray, labelled: "Labelled") -> None:
         mask = labelled.mask
@@ -120,8 +122,12 @@ class Thresholds:
                 on = mask == c
                 self.sums[c] += probs[c][on].sum(dtype=np.float64)
                 self.counts[c] += int(on.sum())
-        for _, c in labelled.annotations:
-            self.instances[c] += 1
+        argmax = probs.argmax(0)
+        for i, (_, c) in enumerate(labelled.annotations):
+            region = labelled.owner == i
+            if region.any():
+                self.instances[c] += 1
+                self.seen_as[c] += argmax_shares(argmax, region, len(self.sums))
 
     def values(self) -> np.ndarray:
         """Thresholds per class; a class never labelled gets 1.0 (never confident: nothing to compare with)."""
@@ -131,6 +137,17 @@ class Thresholds:
         """Mean visible pixels per annotation of each class (0 where a class has none)."""
         return self.counts / np.maximum(self.instances, 1) * (self.instances > 0)
 
+    def usual_share(self, given: int, k: int, own: float) -> float:
+        """The mean share of class k in the other annotations labelled `given` (leave-one-out: `own` is this
+        annotation's share), 0 when it is the only one."""
+        n = self.instances[given]
+        return float((self.seen_as[given, k] - own) / (n - 1)) if n > 1 else 0.0
+
+
+def argmax_shares(argmax: np.ndarray, region: np.ndarray, n_classes: int) -> np.ndarray:
+    """Share of the region's pixels whose most probable class is each class."""
+    return np.bincount(argmax[region], minlength=n_classes)[:n_classes] / max(int(region.sum()), 1)
+
 
 def bbox(region: np.ndarray) -> tuple[int, int, int, int]:
     """x, y, width, height of a region's pixels."""
@@ -139,42 +156,48 @@ def bbox(region: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _evidence(
-    probs: np.ndarray, confident: np.ndarray, region: np.ndarray, given: int, t: np.ndarray, s: AuditSettings
-) -> tuple[int, float, bool, float]:
+    probs: np.ndarray, confident: np.ndarray, argmax: np.ndarray, region: np.ndarray, given: int, t: Thresholds,
+    s: AuditSettings,
+) -> tuple[int, float, bool, float]:  # fmt: skip
     """(other class k, score, flagged, share of confidently-given pixels): k is the most probable class but the
     given one over the region.
 
     Flagged when k's mean probability beats the given class's, or when at least `s.min_share` of the pixels are
     confidently k (Confident Learning's test). The score averages that margin of mean probabilities and that
-    share, times 1 - (mean p_given / t_given) floored at 0: an annotation as confident as its class's pixels are
-    on average (a class the models are shy of) is no error, one far below it is.
+    share, times 1 - (mean p_given / t_given) floored at 0 (an annotation as confident as its class's pixels are
+    on average, a class the models are shy of, is no error), times 1 - the share of k the models usually see in
+    the class's other annotations (a confusion the models make on every annotation of the class, such as a class
+    they never learned seen as background, is the models' error, not this label's).
     """
+    thresholds = t.values()
     mean = probs[:, region].mean(1)
     shares = np.bincount(confident[region] + 1, minlength=len(mean) + 1)[1:] / region.sum()
     other = mean.copy()
     other[given] = -1
     k = int(other.argmax())
-    below = max(0.0, 1.0 - mean[given] / max(t[given], 1e-6))
-    score = (max(mean[k] - mean[given], 0.0) + shares[k]) / 2 * below
+    below = max(0.0, 1.0 - mean[given] / max(thresholds[given], 1e-6))
+    own = argmax_shares(argmax, region, len(mean))[k]
+    unusual = max(0.0, 1.0 - t.usual_share(given, k, own))
+    score = (max(mean[k] - mean[given], 0.0) + shares[k]) / 2 * below * unusual
     return k, float(score), bool(mean[k] > mean[given] or shares[k] >= s.min_share), float(shares[given])
 
 
 def annotation_findings(
-    probs: np.ndarray, confident: np.ndarray, labelled: Labelled, grown: np.ndarray, t: np.ndarray, s: AuditSettings
+    probs: np.ndarray, confident: np.ndarray, labelled: Labelled, grown: np.ndarray, t: Thresholds, s: AuditSettings
 ) -> list[tuple[int, str, float, int, np.ndarray]]:
     """(annotation index, kind, score, suggested class, region) for each suspect annotation of one image.
 
     Args:
         grown: Per annotation, the unlabelled pixels of its class confidently next to it (from `missing_regions`).
-        t: The per-class thresholds.
+        t: The first pass's per-class statistics (thresholds, how each class is usually seen).
     """
-    found = []
+    found, argmax = [], probs.argmax(0)
     for i, (_, given) in enumerate(labelled.annotations):
         region = labelled.owner == i
         n = int(region.sum())
         if n < s.min_pixels:
             continue
-        k, score, flagged, core = _evidence(probs, confident, region, given, t, s)
+        k, score, flagged, core = _evidence(probs, confident, argmax, region, given, t, s)
         spill = float((confident[region] == 0).mean())
         if flagged and not (k == 0 and core >= s.core_share):
             found.append((i, "spurious" if k == 0 else "wrong_class", score, k, region))
