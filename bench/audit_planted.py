@@ -28,6 +28,7 @@ from bench.common import REPO, SHARED_DATA
 
 TRASHCAN = SHARED_DATA / "trashcan"
 RANKS = (1.0, 2.0)  # k as a multiple of the planted count of each kind
+TOPS = (10, 25, 50)  # and fixed k: what a person reviewing the top of the list sees
 COVER = 0.3  # a missing finding finds a deleted annotation when it covers this share of its visible pixels
 
 
@@ -92,6 +93,8 @@ def _ranking(findings: list[dict], kind: str, hit, planted: int, pool: int) -> d
         out[f"recall@{r:g}x"] = hits / planted if planted else None
         out[f"random_precision@{r:g}x"] = planted / pool if pool else None  # the planted rate
         out[f"random_recall@{r:g}x"] = min(1.0, k / pool) if pool else None
+    for k in TOPS:
+        out[f"precision@{k}"] = sum(ranked[:k]) / k
     return out
 
 
@@ -172,11 +175,13 @@ def main(argv=None) -> dict:
 
 def markdown(results: dict) -> str:
     """The ranking table (k = the planted count of the kind) and the held-out mIoU table."""
-    head = ("kind", "planted", "found", "precision@k", "random", "recall@k", "precision@2k", "recall@2k")
+    head = ("kind", "planted", "found", "precision@k", "random", "recall@k", "precision@2k", "recall@2k",
+            *(f"precision@{k}" for k in TOPS))  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for kind, r in results["ranking"].items():
         cells = [kind, r["planted"], r["found"], _f(r["precision@1x"]), _f(r["random_precision@1x"])]
         cells += [_f(r["recall@1x"]), _f(r["precision@2x"]), _f(r["recall@2x"])]
+        cells += [_f(r.get(f"precision@{k}")) for k in TOPS]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     miou, seeds = results["held_out_miou"], results.get("train_seeds", ["recipe"])
     head = ["trained on", *(f"seed {s}" for s in seeds), "mean"] if len(seeds) > 1 else ["trained on", "held-out mIoU"]
