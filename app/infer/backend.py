@@ -10,7 +10,8 @@ Engines (`ENGINES`, the `--backend` names besides `auto`):
 Each engine is a callable taking the normalised NCHW batch a run's test loader makes and returning logits, so TTA
 views and tiles (app/infer/tta.py, app/infer/tiles.py) run on any of them unchanged.
 
-`auto` measures, on the first batch of images, one warm and one timed forward of each engine available here,
+`auto` measures, on the first batch of images, one warm and two timed forwards of each engine available here
+(taking turns; the faster of each engine's two counts),
 keeps those whose argmax masks agree with `torch` on at least `AGREE` of the pixels (the ONNX export's own
 tolerance), and picks the fastest. Measured, not fixed, because the winner depends on the machine
 (docs/deployment.md: bf16 + channels-last was 4-20x faster than fp32 on an AVX512-BF16 EPYC, and emulated, about
@@ -37,7 +38,11 @@ if TYPE_CHECKING:
 
 AUTO = "auto"
 AGREE = 0.999  # identical argmax pixels against PyTorch fp32, as `trash export` requires of an ONNX file
-MIN_BATCHES = 4  # fewer images than this many batches: auto keeps torch (measuring would cost more than it saves)
+ROUNDS = 2  # timed forwards of each engine (after one warm-up): the fastest counts
+#: fewer images than this many batches: auto keeps torch. Timing costs about 3 forwards per engine and an ONNX
+#: export (20 s for a Lite0 Unet at 224 px, batch 8, on 2 busy cores, where ONNX Runtime then saved 0.35 s per
+#: image with flip TTA): below ~60 images it costs more than it saves
+MIN_BATCHES = 8
 
 
 class Unavailable(Exception):
@@ -151,23 +156,33 @@ def fixed_engine(name: str, model: "torch.nn.Module", sizes: set) -> tuple[objec
 
 
 def measure_engines(model: "torch.nn.Module", x: "torch.Tensor", sizes: set) -> tuple[dict, dict, dict]:
-    """({engine: callable}, {engine: seconds of one forward of x}, {engine: why not}) for every engine."""
-    made, seconds, unavailable = {}, {}, {}
+    """({engine: callable}, {engine: seconds of one forward of x}, {engine: why not}) for every engine.
+
+    Each engine runs once to warm up (torch: the caller's reference forward), then `ROUNDS` times, the engines
+    taking turns; its time is the fastest of its rounds: on a shared machine one forward can take 3x another of
+    the same batch, and taking turns keeps a busy moment from landing on one engine only.
+    """
+    made, unavailable = {}, {}
     for name, engine in ENGINES.items():
         try:
             made[name] = engine.make(model, sizes)
         except Unavailable as e:
             unavailable[name] = str(e)
-            continue
-        seconds[name] = _seconds(made[name], x)
-    return made, seconds, unavailable
+    times = {name: [] for name in made}
+    for round_ in range(ROUNDS + 1):  # round 0 warms up: ONNX Runtime and oneDNN plan their kernels then
+        for name, net in made.items():
+            if round_ == 0 and name == "torch":
+                continue  # the caller's reference forward warmed it
+            seconds = _seconds(net, x)
+            if round_:
+                times[name].append(seconds)
+    return made, {name: min(t) for name, t in times.items()}, unavailable
 
 
 def _seconds(net, x: "torch.Tensor") -> float:
     import torch
 
     with torch.inference_mode():
-        net(x)  # warm: ONNX Runtime and oneDNN plan their kernels on the first call
         start = time.perf_counter()
         net(x)
         if x.device.type == "cuda":

@@ -14,9 +14,9 @@ from tests.infer.test_onnx import masks, same_pixels
 runner = CliRunner()
 
 
-def predict(tmp_path, name, model, demo, *options):
+def predict(tmp_path, name, model, demo, *options, data="test"):
     out = tmp_path / name
-    args = ["predict", model, "--images", demo["images"], "--data", demo["test"], "--out", out, "--no-overlays"]
+    args = ["predict", model, "--images", demo["images"], "--data", demo[data], "--out", out, "--no-overlays"]
     result = runner.invoke(app, [str(a) for a in [*args, *options]])
     assert result.exit_code == 0, result.output
     return out, result.output, json.loads((out / "predictions.json").read_text())["members"]
@@ -48,17 +48,18 @@ def test_auto_skips_a_faster_engine_whose_masks_differ(trained_run, demo, tmp_pa
     monkeypatch.setattr(backend, "ENGINES", Registry("inference backend", engines))
     order = {"Liar": 0.01, "OrtNet": 0.02}
     monkeypatch.setattr(backend, "_seconds", lambda net, x: order.get(type(net).__name__, 1.0))
-    out, printed, members = predict(tmp_path, "auto", trained_run, demo, "--batch-size", "1")
+    out, printed, members = predict(tmp_path, "auto", trained_run, demo, "--batch-size", "1", data="val")
     choice = members[0]["backend"]
     assert choice["engine"] == "onnx" and choice["same_pixels"]["liar"] < backend.AGREE
     assert "backend    onnx (fastest whose masks agree" in printed and "liar masks" in printed
-    reference, _, plain = predict(tmp_path, "torch", trained_run, demo, "--backend", "torch")
+    reference, _, plain = predict(tmp_path, "torch", trained_run, demo, "--backend", "torch", data="val")
     assert plain[0]["backend"]["engine"] == "torch"
     assert same_pixels(masks(out), masks(reference)) >= 0.999
 
 
 def test_auto_measures_every_engine_and_records_why(trained_run, demo, tmp_path):
-    _, printed, members = predict(tmp_path, "auto", trained_run, demo, "--batch-size", "1", "--tta-views", "ms")
+    options = ("--batch-size", "1", "--tta-views", "ms")
+    _, printed, members = predict(tmp_path, "auto", trained_run, demo, *options, data="val")
     choice = members[0]["backend"]
     assert choice["reason"] == "measured" and choice["engine"] in backend.ENGINES
     assert set(choice["seconds"]) | set(choice["unavailable"]) == set(backend.ENGINES)
@@ -70,7 +71,7 @@ def test_auto_measures_every_engine_and_records_why(trained_run, demo, tmp_path)
 def test_few_images_keep_torch_and_say_so(trained_run, demo, tmp_path):
     _, printed, members = predict(tmp_path, "few", trained_run, demo)  # 4 images, batches of 8
     assert members[0]["backend"]["engine"] == "torch" and "too few" in members[0]["backend"]["reason"]
-    assert "backend    torch (4 images: too few" in printed
+    assert "backend    torch (4 images: too few to be worth timing the engines (from 64 on))" in printed
 
 
 @pytest.mark.parametrize("engine", ["onnx", "bf16"])
