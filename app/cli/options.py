@@ -129,7 +129,7 @@ INFERENCE = {
             str,
             typer.Option(
                 help=f"Engine for run directories: {', '.join(BACKENDS)}. auto = the fastest here whose masks agree "
-                f"with PyTorch fp32 on 99.9% of the pixels, timed on the first batch; {_BACKEND_HELP}"
+                f"with PyTorch fp32 on 99.99% of the pixels, timed on the first batch; {_BACKEND_HELP}"
             ),
         ],
         "auto",
