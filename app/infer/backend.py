@@ -262,7 +262,7 @@ def _measured(member, model: "torch.nn.Module", chunk: list, sizes: set, timed: 
     seconds, unavailable = timed[key]
     agree, nets = {}, {}
     for name in sorted(seconds, key=seconds.__getitem__):  # fastest first; the first that agrees wins
-        nets[name] = made.get(name) or ENGINES[name].make(model, sizes)
+        nets[name] = made[name] if name in made else ENGINES[name].make(model, sizes)
         agree[name] = 1.0 if name == "torch" else same_pixels(nets[name], reference, x)
         if agree[name] >= AGREE:
             break
