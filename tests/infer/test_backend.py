@@ -113,3 +113,10 @@ def test_evaluate_defaults_to_torch(trained_run, demo):
     result = runner.invoke(app, [*args, "--batch-size", "1"])
     assert result.exit_code == 0, result.output
     assert "backend    torch (--backend torch)" in result.output
+
+
+def test_a_fold_group_is_timed_once(fold_group, demo, tmp_path):
+    _, printed, members = predict(tmp_path, "group", fold_group[2], demo, "--batch-size", "1", data="val")
+    first, second = (m["backend"] for m in members)
+    assert first["reason"] == second["reason"] == "measured" and first["seconds"] == second["seconds"]
+    assert "[2 members]" in printed
