@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from app.errors import TrashError
-from app.infer.backend import BACKENDS, ENGINES, check_backend
 from app.infer.options import InferenceOptions
 from app.infer.tta import VIEW_SETS
 
@@ -32,7 +31,14 @@ ModelsArg = Annotated[
     ),
 ]
 ImagesOption = Annotated[Path, typer.Option(help="Folder the json's file_names are relative to")]
-_BACKEND_HELP = "; ".join(f"{name}: {engine.help}" for name, engine in ENGINES.items())
+#: app/infer/backend.py's ENGINES, named here without importing it (it imports torch; `trash --help` must not);
+#: tests/infer/test_backend.py checks that this text names exactly those engines
+BACKEND_HELP = (
+    "Engine for run directories: auto (the fastest here whose masks agree with PyTorch fp32 on 99.99% of the "
+    "pixels, timed on the first batch; from 8 batches of images on), torch (PyTorch fp32, as exported), bf16 "
+    "(PyTorch bf16 autocast + channels-last: CPUs with bf16 instructions, GPUs) or onnx (ONNX Runtime on the "
+    "network exported in memory, fp32)"
+)
 _VIEW_HELP = ", ".join(f"{name} ({view_set.help})" for name, view_set in VIEW_SETS.items())
 
 
@@ -123,17 +129,7 @@ INFERENCE = {
         ],
         False,
     ),
-    "backend": _parameter(
-        "backend",
-        Annotated[
-            str,
-            typer.Option(
-                help=f"Engine for run directories: {', '.join(BACKENDS)}. auto = the fastest here whose masks agree "
-                f"with PyTorch fp32 on 99.99% of the pixels, timed on the first batch; {_BACKEND_HELP}"
-            ),
-        ],
-        "auto",
-    ),
+    "backend": _parameter("backend", Annotated[str, typer.Option(help=BACKEND_HELP)], "auto"),
     "batch_size": _parameter("batch_size", Annotated[int, typer.Option(min=1, help="Images per forward pass")], 8),
 }
 
@@ -167,6 +163,8 @@ def _build(given: dict) -> InferenceOptions:
     if given.get("class_weights"):
         values["class_weights"] = _class_weights(given["class_weights"])
     if "backend" in values:
+        from app.infer.backend import check_backend
+
         check_backend(values["backend"])  # a typo fails before any model or image is read
     return InferenceOptions(**values)
 

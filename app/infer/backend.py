@@ -18,8 +18,8 @@ emulated, about 10x slower, on AVX2-only hosts; ONNX Runtime fp32 beat PyTorch f
 Below `MIN_BATCHES` batches of images, measuring costs more than it can save: `auto` keeps `torch` and says so.
 Members of one architecture (a fold group's) are timed once; each one's masks are still checked.
 
-torch, numpy and onnxruntime are imported inside the functions: the CLI reads `BACKENDS` for its help text and
-must start without them.
+The CLI's `--backend` help names these engines without importing this module (it imports torch):
+tests/infer/test_backend.py holds the two to the same names.
 """
 
 import copy
@@ -27,13 +27,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
 
 from app.errors import TrashError
-from app.registry import Registry
-
-if TYPE_CHECKING:
-    import torch
+from app.hardware import native_bf16
+from app.infer.onnx_export import onnx_stride, write_graph
+from app.infer.onnx_runtime import providers
+from app.infer.options import view_spec
+from app.infer.tta import parse_views
+from app.registry import Registry, did_you_mean
 
 AUTO = "auto"
 #: identical argmax pixels against PyTorch fp32 on the first batch. Stricter than the ONNX file's 99.9%: on a real
@@ -57,30 +61,23 @@ class Engine:
     make: object  # (module, input sizes it must take) -> callable NCHW normalised batch -> logits
 
 
-def _torch(model: "torch.nn.Module", sizes: set) -> "torch.nn.Module":
+def _torch(model: torch.nn.Module, sizes: set) -> torch.nn.Module:
     return model
 
 
 class Bf16Net:
     """A channels-last copy of a network under bf16 autocast; logits back in float32."""
 
-    def __init__(self, model: "torch.nn.Module"):
-        import torch
-
+    def __init__(self, model: torch.nn.Module):
         self.device = next(model.parameters()).device
         self.net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
 
-    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
-        import torch
-
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             return self.net(x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)).float()
 
 
-def _bf16(model: "torch.nn.Module", sizes: set) -> Bf16Net:
-    import torch
-
-    from app.train.learner import native_bf16
+def _bf16(model: torch.nn.Module, sizes: set) -> Bf16Net:
 
     device = next(model.parameters()).device
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -93,11 +90,8 @@ def _bf16(model: "torch.nn.Module", sizes: set) -> Bf16Net:
 class OrtNet:
     """A network exported to ONNX in memory, run by ONNX Runtime; NCHW in, logits out (as torch tensors)."""
 
-    def __init__(self, model: "torch.nn.Module", sizes: set):
+    def __init__(self, model: torch.nn.Module, sizes: set):
         import onnxruntime as ort
-
-        from app.infer.onnx_export import onnx_stride, write_graph
-        from app.infer.onnx_runtime import providers
 
         self.device = next(model.parameters()).device
         chosen = providers() if self.device.type == "cuda" else ["CPUExecutionProvider"]
@@ -116,10 +110,7 @@ class OrtNet:
                 model.to(self.device)
             self.session = ort.InferenceSession(path.read_bytes(), providers=chosen)
 
-    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
-        import numpy as np
-        import torch
-
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         feed = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: feed})[0]).to(x.device)
 
@@ -138,8 +129,6 @@ BACKENDS = (AUTO, *ENGINES)
 def check_backend(name: str) -> str:
     """`name` when it is `auto` or an engine; a TrashError naming the choices otherwise."""
     if name not in BACKENDS:
-        from app.registry import did_you_mean
-
         raise TrashError(f"--backend {name!r} is not one of {', '.join(BACKENDS)}{did_you_mean(name, BACKENDS)}")
     return name
 
@@ -149,7 +138,7 @@ def input_sizes(train_size: tuple[int, int], views) -> set:
     return {tuple(view.size(*train_size)) for view in views}
 
 
-def fixed_engine(name: str, model: "torch.nn.Module", sizes: set) -> tuple[object, dict]:
+def fixed_engine(name: str, model: torch.nn.Module, sizes: set) -> tuple[object, dict]:
     """The engine `name` asked for by the user; TrashError when it cannot run here."""
     try:
         return ENGINES[name].make(model, sizes), {"engine": name, "reason": f"--backend {name}"}
@@ -157,7 +146,7 @@ def fixed_engine(name: str, model: "torch.nn.Module", sizes: set) -> tuple[objec
         raise TrashError(f"--backend {name}: {e}; use --backend auto or torch") from None
 
 
-def measure_engines(model: "torch.nn.Module", x: "torch.Tensor", sizes: set) -> tuple[dict, dict, dict]:
+def measure_engines(model: torch.nn.Module, x: torch.Tensor, sizes: set) -> tuple[dict, dict, dict]:
     """({engine: callable}, {engine: seconds of one forward of x}, {engine: why not}) for every engine.
 
     Each engine runs once to warm up (torch: the caller's reference forward), then `ROUNDS` times, the engines
@@ -181,9 +170,7 @@ def measure_engines(model: "torch.nn.Module", x: "torch.Tensor", sizes: set) -> 
     return made, {name: min(t) for name, t in times.items()}, unavailable
 
 
-def _seconds(net, x: "torch.Tensor") -> float:
-    import torch
-
+def _seconds(net, x: torch.Tensor) -> float:
     with torch.inference_mode():
         start = time.perf_counter()
         net(x)
@@ -192,10 +179,8 @@ def _seconds(net, x: "torch.Tensor") -> float:
         return time.perf_counter() - start
 
 
-def same_pixels(net, reference: "torch.Tensor", x: "torch.Tensor") -> float:
+def same_pixels(net, reference: torch.Tensor, x: torch.Tensor) -> float:
     """Share of argmax pixels `net` gives x that equal the reference argmax."""
-    import torch
-
     with torch.inference_mode():
         return float((net(x).argmax(1) == reference).float().mean())
 
@@ -221,9 +206,6 @@ def describe(choice: dict) -> str:
 def choose_engines(members: list, chunk: list, options, n_images: int) -> None:
     """Sets each run member's `runner` (the engine's callable) and `backend` (what was chosen and why), measured on
     `chunk` (the first batch's (image_id, path) pairs) when `options.backend` is auto."""
-    from app.infer.options import view_spec
-    from app.infer.tta import parse_views
-
     timed: dict = {}  # architecture -> (seconds, unavailable): a fold group's members are timed once
     for member in members:
         if member.learn is None:
@@ -248,9 +230,7 @@ def choose_engines(members: list, chunk: list, options, n_images: int) -> None:
             member.runner, member.backend = _measured(member, model, chunk, sizes, timed)
 
 
-def _measured(member, model: "torch.nn.Module", chunk: list, sizes: set, timed: dict) -> tuple[object, dict]:
-    import torch
-
+def _measured(member, model: torch.nn.Module, chunk: list, sizes: set, timed: dict) -> tuple[object, dict]:
     x = member.learn.dls.test_dl([p for _, p in chunk], bs=len(chunk)).one_batch()[0]
     with torch.inference_mode():
         reference = model(x).argmax(1)

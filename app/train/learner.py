@@ -17,6 +17,7 @@ from app.data.items import Items
 from app.data.loaders import make_dls
 from app.data.stats import weights_from_masks
 from app.errors import TrashError
+from app.hardware import native_bf16
 from app.model.build import build_model
 from app.model.encoders import freeze_stages, model_splitter
 from app.model.loss import SegmentationLoss
@@ -87,15 +88,6 @@ def build_learner(recipe: Recipe, items: Items, run_dir: Path) -> Learner:
 
 
 # -- precision -------------------------------------------------------------------------------------
-
-
-def native_bf16() -> bool:
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Elsewhere PyTorch emulates it: bf16
-    autocast then trained a Unet 10x slower than fp32 (resnet18 at 128 px on an AVX2-only EPYC, measured)."""
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()) or bool(
-        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
-    )
 
 
 def _fp32(learn: Learner) -> None:

@@ -34,9 +34,18 @@ class Liar:
         return logits
 
 
+def test_the_cli_help_names_every_engine():
+    import re
+
+    from app.cli.options import BACKEND_HELP
+
+    named = re.findall(r"(\w+) \(", BACKEND_HELP.split(": ", 1)[1])
+    assert named == list(backend.BACKENDS)
+
+
 def test_pick_is_the_fastest_engine_that_agrees():
     seconds = {"torch": 1.0, "bf16": 0.2, "onnx": 0.5}
-    assert backend.pick(seconds, {"torch": 1.0, "bf16": 0.9995, "onnx": 1.0}) == "bf16"
+    assert backend.pick(seconds, {"torch": 1.0, "bf16": 0.99995, "onnx": 1.0}) == "bf16"
     assert backend.pick(seconds, {"torch": 1.0, "bf16": 0.99, "onnx": 1.0}) == "onnx"
     assert backend.pick(seconds, {"torch": 1.0, "bf16": 0.5, "onnx": 0.9}) == "torch"
     assert backend.pick({"torch": 0.1, "onnx": 0.5}, {"torch": 1.0, "onnx": 1.0}) == "torch"
