@@ -12,12 +12,11 @@ The cleaned json is the audited one with the confident findings applied, every c
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from app.atomic import atomic_open, write_json
+from app.atomic import atomic_open, copy_file, write_json
 from app.data.coco import IGNORE_KEY
 from app.data.masks import annotation_mask
 from app.errors import TrashError
@@ -63,8 +62,7 @@ def record_in_group(group: str | Path, report: dict, written: dict[str, Path], t
     `trash report GROUP` shows them without the audit's folder)."""
     group = Path(group)
     if "gallery" in written:
-        shutil.copyfile(written["gallery"], group / f"{AUDIT_GALLERY}.tmp")
-        (group / f"{AUDIT_GALLERY}.tmp").replace(group / AUDIT_GALLERY)
+        copy_file(written["gallery"], group / AUDIT_GALLERY)
     else:
         (group / AUDIT_GALLERY).unlink(missing_ok=True)
     summary = {

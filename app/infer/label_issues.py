@@ -122,12 +122,14 @@ class Thresholds:
                 on = mask == c
                 self.sums[c] += probs[c][on].sum(dtype=np.float64)
                 self.counts[c] += int(on.sum())
-        argmax = probs.argmax(0)
-        for i, (_, c) in enumerate(labelled.annotations):
-            region = labelled.owner == i
-            if region.any():
+        # per annotation and class, its visible pixels the argmax gives that class: one bincount over the owner map
+        n, owned = len(self.sums), labelled.owner >= 0
+        pairs = labelled.owner[owned].astype(np.int64) * n + probs.argmax(0)[owned]
+        counts = np.bincount(pairs, minlength=len(labelled.annotations) * n).reshape(-1, n)
+        for (_, c), row in zip(labelled.annotations, counts):
+            if row.sum():
                 self.instances[c] += 1
-                self.seen_as[c] += argmax_shares(argmax, region, len(self.sums))
+                self.seen_as[c] += row / row.sum()
 
     def values(self) -> np.ndarray:
         """Thresholds per class; a class never labelled gets 1.0 (never confident: nothing to compare with)."""
