@@ -56,7 +56,9 @@ def test_auto_skips_a_faster_engine_whose_masks_differ(trained_run, demo, tmp_pa
     engines = {**backend.ENGINES, "liar": backend.Engine("test: wrong masks, fast", Liar)}
     monkeypatch.setattr(backend, "ENGINES", Registry("inference backend", engines))
     order = {"Liar": 0.01, "OrtNet": 0.02}
-    monkeypatch.setattr(backend, "_seconds", lambda net, x: order.get(type(net).__name__, 1.0))
+    forward = backend._timed_argmax
+    fixed = lambda net, x: (order.get(type(net).__name__, 1.0), forward(net, x)[1])  # noqa: E731
+    monkeypatch.setattr(backend, "_timed_argmax", fixed)
     out, printed, members = predict(tmp_path, "auto", trained_run, demo, "--batch-size", "1", data="val")
     choice = members[0]["backend"]
     assert choice["engine"] == "onnx" and choice["same_pixels"]["liar"] < backend.AGREE
