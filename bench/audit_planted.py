@@ -122,6 +122,23 @@ def score_findings(report: dict, record: dict, original: Path, noisy: Path) -> d
     }
 
 
+def cleaning_tally(changes: Path, record: dict) -> dict:
+    """Per action of the cleaned json (changes.csv): how many changes undo a planted error, how many touch a real
+    annotation (one the planting left as it was), and for relabels how many restore the true class."""
+    import csv
+
+    relabel, spurious = {int(i): v for i, v in record["relabel"].items()}, set(record["spurious"])
+    tally: dict[str, dict[str, int]] = {}
+    for row in csv.DictReader(changes.open()):
+        counts = tally.setdefault(row["action"], {"changes": 0, "planted": 0, "real": 0})
+        counts["changes"] += 1
+        if not row["annotation_id"]:  # a missing region: scored by the ranking, not here
+            continue
+        ann = int(row["annotation_id"])
+        counts["planted" if ann in relabel or ann in spurious else "real"] += 1
+    return tally
+
+
 def _held_out_miou(name: str, recipe: Path, train_json: Path, test: Path, images: str, sets: list[str], out: Path,
                    seed: int | None = None):  # fmt: skip
     """Held-out mIoU of the recipe trained on `train_json` (with the recipe's own seed, or `seed`)."""
@@ -136,6 +153,15 @@ def _held_out_miou(name: str, recipe: Path, train_json: Path, test: Path, images
         run = fit(recipe, sets, out=out / f"runs-{name}")
         result.write_text(json.dumps(evaluate([run], test, images, out=out / f"eval-{name}")))
     return json.loads(result.read_text())["miou"]
+
+
+def _held_out(a, jsons: tuple, test: Path, overrides: list[str]) -> dict[str, list[float]]:
+    """Each json's held-out mIoU per training seed, seed by seed (an interrupted run leaves whole seeds)."""
+    miou: dict[str, list[float]] = {name: [] for name, _ in jsons}
+    for seed in (None, *a.train_seeds):
+        for name, j in jsons:
+            miou[name].append(_held_out_miou(name, a.recipe, j, test, a.images, overrides, a.out, seed))
+    return miou
 
 
 def main(argv=None) -> dict:
@@ -162,9 +188,8 @@ def main(argv=None) -> dict:
     results = {
         "seed": a.seed, "rates": list(a.rates), "group": str(group), "counts": report["counts"],
         "ranking": score_findings(report, record, dev, noisy),
-        "held_out_miou": {name: [_held_out_miou(name, a.recipe, j, test, a.images, overrides, a.out, seed)
-                                 for seed in (None, *a.train_seeds)]
-                          for name, j in (("noisy", noisy), ("cleaned", clean), ("original", dev))},
+        "cleaning": cleaning_tally(clean.with_name(f"{clean.stem}.changes.csv"), record),
+        "held_out_miou": _held_out(a, (("noisy", noisy), ("cleaned", clean), ("original", dev)), test, overrides),
         "train_seeds": ["recipe", *a.train_seeds],
     }  # fmt: skip
     (a.out / "results.json").write_text(json.dumps(results, indent=2))
@@ -183,6 +208,9 @@ def markdown(results: dict) -> str:
         cells += [_f(r["recall@1x"]), _f(r["precision@2x"]), _f(r["recall@2x"])]
         cells += [_f(r.get(f"precision@{k}")) for k in TOPS]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines += ["", "| cleaned json: action | changes | of planted errors | of real annotations |", "|---|---|---|---|"]
+    for action, t in results.get("cleaning", {}).items():
+        lines.append(f"| {action} | {t['changes']} | {t['planted']} | {t['real']} |")
     miou, seeds = results["held_out_miou"], results.get("train_seeds", ["recipe"])
     head = ["trained on", *(f"seed {s}" for s in seeds), "mean"] if len(seeds) > 1 else ["trained on", "held-out mIoU"]
     lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]

@@ -87,3 +87,21 @@ def test_onnx_speed_rows_on_a_tiny_model():
     assert r["name"].startswith("onnx test_resnet 64px") and r["value"] > 0
     assert all(figures[f"{side}_img_per_cpu_s"] > 0 for side in ("ort_fp32", "torch_fp32", "torch_bf16_cl"))
     assert abs(r["value"] - figures["ort_fp32_img_per_cpu_s"] / figures["torch_fp32_img_per_cpu_s"]) < 0.05 * r["value"]
+
+
+def test_the_audit_bench_tallies_each_cleaning_action_against_what_was_planted(tmp_path):
+    from bench.audit_planted import cleaning_tally, markdown
+
+    changes = tmp_path / "clean.changes.csv"
+    rows = ["relabel,1,10,wrong_class,0.5,a,b,40", "relabel,1,11,wrong_class,0.4,a,b,40", "drop,2,20,spurious,0.6,c,,9",
+            "ignore,3,,missing,0.2,Background,ignore,50", "ignore,3,31,wrong_class,0.2,a,ignore,7"]  # fmt: skip
+    changes.write_text("action,image_id,annotation_id,kind,score,from,to,pixels\n" + "\n".join(rows) + "\n")
+    tally = cleaning_tally(changes, {"relabel": {"10": [1, 2], "31": [2, 1]}, "spurious": [21], "delete": []})
+    assert tally == {
+        "relabel": {"changes": 2, "planted": 1, "real": 1},
+        "drop": {"changes": 1, "planted": 0, "real": 1},
+        "ignore": {"changes": 2, "planted": 1, "real": 0},
+    }
+    results = {"ranking": {}, "cleaning": tally, "held_out_miou": {"noisy": [0.1, 0.2]}, "train_seeds": ["recipe", 7]}
+    table = markdown(results)
+    assert "| relabel | 2 | 1 | 1 |" in table and "| noisy | 0.1000 | 0.2000 | 0.1500 |" in table

@@ -190,6 +190,9 @@ def data_audit(
         Path | None, typer.Option(help="Also write this cleaned COCO json (+ <name>.changes.csv listing each change)")
     ] = None,
     clean_min_score: Annotated[float, typer.Option(help="Least score (0..1) of a finding --write-clean applies")] = 0.3,
+    clean_doubt_score: Annotated[
+        float, typer.Option(help="Findings from this score up to --clean-min-score are pruned: their pixels ignored")
+    ] = 0.1,
 ):
     """Confident Learning on out-of-fold probabilities: every image scored by a fold model that never saw it.
 
@@ -197,9 +200,14 @@ def data_audit(
     object-sized region of a class) and loose_boundary annotations, each with a score in 0..1 (higher = more
     likely an error) and the class the model suggests; ranks images by label quality (images.csv, worst first).
     --write-clean relabels wrong classes, drops spurious annotations and adds missing regions to the image's
-    ignore_mask (255: neither background nor a class), listing every change. See docs/audit.md.
+    ignore_mask (255: neither background nor a class), listing every change; findings it only doubts (score
+    between --clean-doubt-score and --clean-min-score) are pruned: the annotation leaves the json, its pixels are
+    ignored. See docs/audit.md.
 
     Example: trash data audit runs/base/latest --out audit --write-clean data/clean.json
+
+    Example (relabel and drop only, prune nothing): trash data audit runs/base/latest --out audit
+    --write-clean data/clean.json --clean-doubt-score 0.3
     """
     from app.data.coco import load_coco
     from app.infer.audit import audit
@@ -215,10 +223,10 @@ def data_audit(
         written["page"] = page
     _print_audit(report, written, top)
     if write_clean:
-        done = clean_json(report["data"], report["findings"], write_clean, clean_min_score)
+        done = clean_json(report["data"], report["findings"], write_clean, clean_min_score, clean_doubt_score)
         typer.echo(
             f"clean    {done['json']}: {done['relabel']} relabelled, {done['drop']} dropped, "
-            f"{done['ignore']} regions ignored; changes in {done['changes']}"
+            f"{done['ignore']} ignored ({done['pruned']} of them doubted annotations); changes in {done['changes']}"
         )
 
 

@@ -8,6 +8,12 @@ The cleaned json is the audited one with the confident findings applied, every c
 * missing: the region joins the image's `ignore_mask` (rasterized as 255, skipped by the loss and the metric):
   the model saw an object there, but only a person can draw it, so it stops counting as background;
 * loose_boundary: listed for review, never changed (a better polygon needs a person).
+
+Findings under the clean score but at least the doubt score are pruned instead, as Confident Learning cleans by
+default (Northcutt et al. 2021 train on the data with the issues removed): a doubted annotation leaves the json
+and its visible pixels join the ignore_mask, so that the training neither learns its class there nor background;
+a doubted missing region is ignored as a confident one is. A wrong prune costs one annotation's supervision, a
+wrong relabel or drop teaches an error, hence two scores.
 """
 
 import csv
@@ -32,6 +38,8 @@ CHANGE_COLUMNS = ("action", "image_id", "annotation_id", "kind", "score", "from"
 #: findings scoring at least this are applied by default: on out-of-fold probabilities of clean labels plus noise
 #: (tests/infer/test_audit.py) every finding above it was a planted error
 CLEAN_MIN_SCORE = 0.3
+#: findings from this score up to CLEAN_MIN_SCORE are pruned (ignored) rather than relabelled or dropped
+DOUBT_MIN_SCORE = 0.1
 ACTIONS = {"wrong_class": "relabel", "spurious": "drop", "missing": "ignore"}  # loose_boundary: review only
 
 
@@ -83,36 +91,77 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _change(finding: Finding) -> dict:
+def _action(finding: Finding, min_score: float, doubt_score: float) -> str | None:
+    """What --write-clean does with a finding: its kind's action, "ignore" when only doubted, or nothing."""
+    if finding.kind not in ACTIONS or finding.score < doubt_score:
+        return None
+    return ACTIONS[finding.kind] if finding.score >= min_score else "ignore"
+
+
+def _change(finding: Finding, action: str) -> dict:
+    to = {"relabel": finding.suggested, "drop": "", "ignore": "ignore"}[action]
     return {
-        "action": ACTIONS[finding.kind],
+        "action": action,
         "image_id": finding.image_id,
         "annotation_id": finding.annotation_id,
         "kind": finding.kind,
         "score": round(finding.score, 4),
         "from": finding.label,
-        "to": finding.suggested if finding.kind == "wrong_class" else ("" if finding.kind == "spurious" else "ignore"),
+        "to": to,
         "pixels": finding.pixels,
     }
 
 
-def _ignore_regions(data: dict, findings: list[Finding]) -> None:
-    """Adds each missing region to its image's ignore_mask (the union with any ignore_mask it had)."""
-    regions: dict[int, list[dict]] = {}
-    for f in findings:
-        regions.setdefault(f.image_id, []).append(f.region)
+def _pruned_regions(data: dict, pruned: set[tuple], dropped: set[tuple]) -> dict[int, list[np.ndarray]]:
+    """Each pruned annotation's pixels that no kept annotation of its image covers, per image id."""
+    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in data["images"]}
+    by_image: dict[int, list[dict]] = {}
+    for ann in data.get("annotations", []):
+        by_image.setdefault(ann.get("image_id"), []).append(ann)
+    regions: dict[int, list[np.ndarray]] = {}
+    for image_id in {key[0] for key in pruned}:
+        h, w = sizes[image_id]
+        kept = np.zeros((h, w), bool)
+        for ann in by_image[image_id]:
+            if (image_id, ann.get("id")) not in pruned | dropped:
+                kept |= annotation_mask(ann, h, w)
+        regions[image_id] = [
+            annotation_mask(ann, h, w) & ~kept for ann in by_image[image_id] if (image_id, ann.get("id")) in pruned
+        ]
+    return regions
+
+
+def _ignore_regions(data: dict, regions: dict[int, list[np.ndarray]]) -> None:
+    """Adds each image's regions (boolean masks) to its ignore_mask (the union with any ignore_mask it had)."""
     for image in data["images"]:
         if image["id"] not in regions:
             continue
         h, w = int(image["height"]), int(image["width"])
         mask = np.zeros((h, w), bool)
-        for rle in regions[image["id"]] + ([image[IGNORE_KEY]] if image.get(IGNORE_KEY) else []):
-            mask |= annotation_mask({"id": f"{IGNORE_KEY} of image {image['id']}", "segmentation": rle}, h, w)
+        for region in regions[image["id"]]:
+            mask |= region
+        if image.get(IGNORE_KEY):
+            mask |= annotation_mask(
+                {"id": f"{IGNORE_KEY} of image {image['id']}", "segmentation": image[IGNORE_KEY]}, h, w
+            )
         image[IGNORE_KEY] = _rle(mask)
 
 
+def _missing_regions(data: dict, findings: list[Finding]) -> dict[int, list[np.ndarray]]:
+    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in data["images"]}
+    regions: dict[int, list[np.ndarray]] = {}
+    for f in findings:
+        region = {"id": f"missing region of image {f.image_id}", "segmentation": f.region}
+        regions.setdefault(f.image_id, []).append(annotation_mask(region, *sizes[f.image_id]))
+    return regions
+
+
 def write_clean(
-    source: str | Path, findings: list[Finding], path: str | Path, min_score: float = CLEAN_MIN_SCORE
+    source: str | Path,
+    findings: list[Finding],
+    path: str | Path,
+    min_score: float = CLEAN_MIN_SCORE,
+    doubt_score: float = DOUBT_MIN_SCORE,
 ) -> dict:
     """Writes the cleaned json `path` and `<path stem>.changes.csv`; returns the counts of each action.
 
@@ -120,24 +169,33 @@ def write_clean(
         source: The audited json (report["data"]).
         findings: The audit's findings; those of at least `min_score` whose kind has an action are applied.
         min_score: The least score a finding needs to be applied (0..1).
+        doubt_score: The least score a finding needs to be pruned (its pixels ignored; 0..1; min_score or
+            more: nothing is pruned).
     """
     if not 0 <= min_score <= 1:
         raise TrashError(f"--clean-min-score must be in [0, 1], got {min_score}")
+    if not 0 <= doubt_score <= 1:
+        raise TrashError(f"--clean-doubt-score must be in [0, 1], got {doubt_score}")
+    doubt_score = min(doubt_score, min_score)  # from the clean score up, a finding is applied, not pruned
     data = json.loads(Path(source).read_text())
-    applied = [f for f in findings if f.kind in ACTIONS and f.score >= min_score]
+    applied = [(f, a) for f in findings if (a := _action(f, min_score, doubt_score))]
     category = {i + 1: c["id"] for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
-    relabel = {(f.image_id, f.annotation_id): category[f.suggested_class] for f in applied if f.kind == "wrong_class"}
-    drop = {(f.image_id, f.annotation_id) for f in applied if f.kind == "spurious"}
-    kept = []
-    for ann in data.get("annotations", []):
-        key = (ann.get("image_id"), ann.get("id"))
-        if key not in drop:
-            kept.append({**ann, "category_id": relabel[key]} if key in relabel else ann)
-    data["annotations"] = kept
-    _ignore_regions(data, [f for f in applied if f.kind == "missing"])
+    relabel = {(f.image_id, f.annotation_id): category[f.suggested_class] for f, a in applied if a == "relabel"}
+    drop = {(f.image_id, f.annotation_id) for f, a in applied if a == "drop"}
+    pruned = {(f.image_id, f.annotation_id) for f, a in applied if a == "ignore" and f.annotation_id is not None}
+    regions = _missing_regions(data, [f for f, a in applied if a == "ignore" and f.annotation_id is None])
+    for image_id, masks in _pruned_regions(data, pruned, drop).items():
+        regions.setdefault(image_id, []).extend(masks)
+    gone = drop | pruned
+    data["annotations"] = [
+        {**ann, "category_id": relabel[key]} if key in relabel else ann
+        for ann in data.get("annotations", [])
+        if (key := (ann.get("image_id"), ann.get("id"))) not in gone
+    ]
+    _ignore_regions(data, regions)
     data.setdefault("info", {})["trash_audit"] = f"cleaned from {source}; changes in {Path(path).stem}.changes.csv"
     write_json(path, data)
     listing = Path(path).with_name(f"{Path(path).stem}.changes.csv")
-    changes = _write_csv(listing, CHANGE_COLUMNS, [_change(f) for f in applied])
-    counts = {action: sum(ACTIONS[f.kind] == action for f in applied) for action in ACTIONS.values()}
-    return {"json": Path(path), "changes": changes, **counts}
+    changes = _write_csv(listing, CHANGE_COLUMNS, [_change(f, a) for f, a in applied])
+    counts = {action: sum(a == action for _, a in applied) for action in ("relabel", "drop", "ignore")}
+    return {"json": Path(path), "changes": changes, **counts, "pruned": len(pruned)}

@@ -7,6 +7,7 @@ tests/cli/test_audit_cli.py runs the command on a real (tiny) fold group.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -15,7 +16,7 @@ import pytest
 
 from app.atomic import savez, write_json
 from app.data.check import check_coco
-from app.data.coco import load_coco
+from app.data.coco import ignore_value, load_coco
 from app.data.masks import annotation_mask, rasterize
 from app.data.noise import plant_errors
 from app.data.split import make_folds, write_folds
@@ -214,3 +215,41 @@ def test_each_pass_runs_under_the_progress_bar_once_over_every_image(planted, tm
     audit(planted["group"], tmp_path, progress=progress, gallery_size=0)
     n = planted["report"]["images_audited"]
     assert seen == [[n, n], [n, n]] and n == len(planted["data"]["images"])
+
+
+def test_doubted_findings_are_pruned_their_pixels_ignored_and_the_rest_kept(planted, tmp_path):
+    """Between the doubt and the clean score an annotation leaves the json and only its own pixels turn 255."""
+    report = planted["report"]
+    doubted = [replace(f, score=0.2) for f in report["findings"] if f.kind in ("wrong_class", "spurious")][:6]
+    assert doubted, "the planted errors give annotation findings"
+    done = write_clean(report["data"], doubted, tmp_path / "pruned.json", min_score=0.3, doubt_score=0.1)
+    assert (done["relabel"], done["drop"], done["ignore"], done["pruned"]) == (0, 0, len(doubted), len(doubted))
+    pruned = {f.annotation_id for f in doubted}
+    cleaned = load_coco(done["json"])
+    assert not pruned & {a["id"] for a in json.loads(done["json"].read_text())["annotations"]}
+    noisy = json.loads(Path(report["data"]).read_text())
+    (tmp_path / "without.json").write_text(
+        json.dumps({**noisy, "annotations": [a for a in noisy["annotations"] if a["id"] not in pruned]})
+    )
+    without = load_coco(tmp_path / "without.json")
+    ignore = ignore_value(len(cleaned.codes))
+    for image in cleaned.images:
+        mask = rasterize(cleaned, image)
+        base = rasterize(without, {im.id: im for im in without.images}[image.id])
+        anns = without.anns_by_image.get(image.id, [])
+        kept = np.zeros(mask.shape, bool)
+        for ann in anns:
+            kept |= annotation_mask(ann, image.height, image.width)
+        gone = np.zeros(mask.shape, bool)
+        for ann in noisy["annotations"]:
+            if ann["image_id"] == image.id and ann["id"] in pruned:
+                gone |= annotation_mask(ann, image.height, image.width)
+        assert np.array_equal(mask == ignore, gone & ~kept), image.id
+        assert np.array_equal(mask[mask != ignore], base[mask != ignore]), image.id
+    rows = done["changes"].read_text().splitlines()
+    assert len(rows) == 1 + len(doubted) and all(r.startswith("ignore,") for r in rows[1:])
+    for doubt in (0.3, 0.5):  # at or above the clean score nothing is pruned
+        same = write_clean(report["data"], doubted, tmp_path / "same.json", min_score=0.3, doubt_score=doubt)
+        assert same["ignore"] == 0 and json.loads(same["json"].read_text())["annotations"] == noisy["annotations"]
+    with pytest.raises(TrashError, match="clean-doubt-score"):
+        write_clean(report["data"], doubted, tmp_path / "bad.json", min_score=0.3, doubt_score=-0.1)
