@@ -112,48 +112,34 @@ def _change(finding: Finding, action: str) -> dict:
     }
 
 
-def _pruned_regions(data: dict, pruned: set[tuple], dropped: set[tuple]) -> dict[int, list[np.ndarray]]:
-    """Each pruned annotation's pixels that no kept annotation of its image covers, per image id."""
+def _pruned_regions(data: dict, pruned: set[tuple], dropped: set[tuple]) -> dict[int, list[dict]]:
+    """RLEs of each pruned annotation's pixels that no kept annotation of its image covers, per image id."""
     sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in data["images"]}
     by_image: dict[int, list[dict]] = {}
     for ann in data.get("annotations", []):
         by_image.setdefault(ann.get("image_id"), []).append(ann)
-    regions: dict[int, list[np.ndarray]] = {}
+    gone, regions = pruned | dropped, {}
     for image_id in {key[0] for key in pruned}:
         h, w = sizes[image_id]
         kept = np.zeros((h, w), bool)
         for ann in by_image[image_id]:
-            if (image_id, ann.get("id")) not in pruned | dropped:
+            if (image_id, ann.get("id")) not in gone:
                 kept |= annotation_mask(ann, h, w)
-        regions[image_id] = [
-            annotation_mask(ann, h, w) & ~kept for ann in by_image[image_id] if (image_id, ann.get("id")) in pruned
-        ]
+        own = [annotation_mask(ann, h, w) for ann in by_image[image_id] if (image_id, ann.get("id")) in pruned]
+        regions[image_id] = [_rle(mask & ~kept) for mask in own]
     return regions
 
 
-def _ignore_regions(data: dict, regions: dict[int, list[np.ndarray]]) -> None:
-    """Adds each image's regions (boolean masks) to its ignore_mask (the union with any ignore_mask it had)."""
+def _ignore_regions(data: dict, regions: dict[int, list[dict]]) -> None:
+    """Adds each image's regions (RLEs) to its ignore_mask (the union with any ignore_mask it had)."""
     for image in data["images"]:
         if image["id"] not in regions:
             continue
         h, w = int(image["height"]), int(image["width"])
         mask = np.zeros((h, w), bool)
-        for region in regions[image["id"]]:
-            mask |= region
-        if image.get(IGNORE_KEY):
-            mask |= annotation_mask(
-                {"id": f"{IGNORE_KEY} of image {image['id']}", "segmentation": image[IGNORE_KEY]}, h, w
-            )
+        for rle in regions[image["id"]] + ([image[IGNORE_KEY]] if image.get(IGNORE_KEY) else []):
+            mask |= annotation_mask({"id": f"{IGNORE_KEY} of image {image['id']}", "segmentation": rle}, h, w)
         image[IGNORE_KEY] = _rle(mask)
-
-
-def _missing_regions(data: dict, findings: list[Finding]) -> dict[int, list[np.ndarray]]:
-    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in data["images"]}
-    regions: dict[int, list[np.ndarray]] = {}
-    for f in findings:
-        region = {"id": f"missing region of image {f.image_id}", "segmentation": f.region}
-        regions.setdefault(f.image_id, []).append(annotation_mask(region, *sizes[f.image_id]))
-    return regions
 
 
 def write_clean(
@@ -183,7 +169,10 @@ def write_clean(
     relabel = {(f.image_id, f.annotation_id): category[f.suggested_class] for f, a in applied if a == "relabel"}
     drop = {(f.image_id, f.annotation_id) for f, a in applied if a == "drop"}
     pruned = {(f.image_id, f.annotation_id) for f, a in applied if a == "ignore" and f.annotation_id is not None}
-    regions = _missing_regions(data, [f for f, a in applied if a == "ignore" and f.annotation_id is None])
+    regions: dict[int, list[dict]] = {}
+    for f, a in applied:
+        if a == "ignore" and f.annotation_id is None:  # a missing region
+            regions.setdefault(f.image_id, []).append(f.region)
     for image_id, masks in _pruned_regions(data, pruned, drop).items():
         regions.setdefault(image_id, []).extend(masks)
     gone = drop | pruned
