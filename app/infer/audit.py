@@ -270,6 +270,11 @@ def _extent(region: np.ndarray) -> dict:
     return dict(pixels=int(region.sum()), bbox=bbox(region))
 
 
+#: the gallery shows an image's best findings only (a weak model's one mistaken image would fill it otherwise);
+#: audit.csv keeps every finding
+GALLERY_PER_IMAGE = 2
+
+
 def find_issues(run: _Pass, t: Thresholds, s: AuditSettings, gallery: Gallery) -> tuple[list[Finding], list[dict]]:
     """The second pass: every finding (best first) and each image's label-quality score (worst first)."""
     findings, images = [], []
@@ -278,7 +283,7 @@ def find_issues(run: _Pass, t: Thresholds, s: AuditSettings, gallery: Gallery) -
         where = dict(image_id=image.id, file_name=image.file_name, fold=fold.k)
         found = image_findings(probs, lab, t, s, where, run.coco.codes)
         prediction = probs.argmax(0).astype(np.uint16 if len(run.coco.codes) > 255 else np.uint8)
-        for finding, region in found:
+        for finding, region in sorted(found, key=lambda e: -e[0].score)[:GALLERY_PER_IMAGE]:
             gallery.offer(finding, prediction, region)
         findings += [f for f, _ in found]
         score = image_score(probs, lab.mask, lab.ignore)
@@ -352,5 +357,5 @@ def gallery_rows(run: _Pass, gallery: Gallery, images: str | Path | None) -> lis
         who = f"ann {finding.annotation_id}" if finding.annotation_id is not None else "region"
         title = f"{finding.kind} {finding.score:.2f}: {who} {finding.label} -> {finding.suggested}"
         label = labelled(run.coco, image, fold.overlap).mask
-        rows.append(dict(image=rgb, label=label, prediction=prediction, region=region, title=title))
+        rows.append(dict(image=rgb, label=label, prediction=prediction, region=region, title=title, finding=finding))
     return rows

@@ -6,6 +6,7 @@ good out-of-fold model sees), at the training size, under the same keys and in t
 tests/cli/test_audit_cli.py runs the command on a real (tiny) fold group.
 """
 
+import collections
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from app.data.masks import annotation_mask, rasterize
 from app.data.noise import plant_errors
 from app.data.split import make_folds, write_folds
 from app.errors import TrashError
-from app.infer.audit import audit, stream_oof
+from app.infer.audit import GALLERY_PER_IMAGE, audit, stream_oof
 from app.infer.audit_outputs import write_audit, write_clean
 
 OOF_SIZE = 64  # the training size the fabricated folds "trained" at
@@ -253,3 +254,17 @@ def test_doubted_findings_are_pruned_their_pixels_ignored_and_the_rest_kept(plan
         assert same["ignore"] == 0 and json.loads(same["json"].read_text())["annotations"] == noisy["annotations"]
     with pytest.raises(TrashError, match="clean-doubt-score"):
         write_clean(report["data"], doubted, tmp_path / "bad.json", min_score=0.3, doubt_score=-0.1)
+
+
+def test_the_gallery_shows_each_image_best_findings_only(planted, tmp_path):
+    per_image = collections.Counter(f.image_id for f in planted["report"]["findings"])
+    assert max(per_image.values()) > GALLERY_PER_IMAGE, "the planted errors give some image several findings"
+    _, gallery = audit(planted["group"], tmp_path, gallery_size=len(planted["report"]["findings"]))
+    shown = collections.Counter(row["finding"].image_id for row in gallery)
+    assert shown == {image: min(n, GALLERY_PER_IMAGE) for image, n in per_image.items()}
+    for image in shown:  # the image's best ones
+        best = sorted((f.score for f in planted["report"]["findings"] if f.image_id == image), reverse=True)
+        assert (
+            sorted((r["finding"].score for r in gallery if r["finding"].image_id == image), reverse=True)
+            == best[: shown[image]]
+        )
