@@ -123,11 +123,11 @@ def score_findings(report: dict, record: dict, original: Path, noisy: Path) -> d
 
 
 def cleaning_tally(changes: Path, record: dict) -> dict:
-    """Per action of the cleaned json (changes.csv): how many changes undo a planted error, how many touch a real
-    annotation (one the planting left as it was), and for relabels how many restore the true class."""
+    """Per action of the cleaned json (changes.csv): how many changes touch a planted annotation (relabelled or
+    spurious) and how many a real one (the planting left it as it was); missing regions are counted as changes only."""
     import csv
 
-    relabel, spurious = {int(i): v for i, v in record["relabel"].items()}, set(record["spurious"])
+    planted = {int(i) for i in record["relabel"]} | set(record["spurious"])
     tally: dict[str, dict[str, int]] = {}
     for row in csv.DictReader(changes.open()):
         counts = tally.setdefault(row["action"], {"changes": 0, "planted": 0, "real": 0})
@@ -135,7 +135,7 @@ def cleaning_tally(changes: Path, record: dict) -> dict:
         if not row["annotation_id"]:  # a missing region: scored by the ranking, not here
             continue
         ann = int(row["annotation_id"])
-        counts["planted" if ann in relabel or ann in spurious else "real"] += 1
+        counts["planted" if ann in planted else "real"] += 1
     return tally
 
 

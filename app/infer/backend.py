@@ -181,7 +181,11 @@ def _timed_argmax(net, x: torch.Tensor) -> tuple[float, torch.Tensor]:
 
 def same_pixels(net, reference: torch.Tensor, x: torch.Tensor) -> float:
     """Share of argmax pixels `net` gives x that equal the reference argmax."""
-    return float((_timed_argmax(net, x)[1] == reference).float().mean())
+    return _agreement(_timed_argmax(net, x)[1], reference)
+
+
+def _agreement(mask: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((mask == reference).float().mean())
 
 
 def pick(seconds: dict, agree: dict) -> str:
@@ -244,8 +248,8 @@ def _measured(member, model: torch.nn.Module, chunk: list, sizes: set, timed: di
         nets[name] = made[name] if name in made else ENGINES[name].make(model, sizes)
         if name == "torch":
             agree[name] = 1.0
-        elif name in masks:
-            agree[name] = float((masks[name] == reference).float().mean())
+        elif name in masks:  # its timing forwards ran on this member's batch
+            agree[name] = _agreement(masks[name], reference)
         else:
             agree[name] = same_pixels(nets[name], reference, x)
         if agree[name] >= AGREE:
